@@ -1,0 +1,1 @@
+"""dedicap: dedicated GPU capacity for model serving on Kubernetes."""
