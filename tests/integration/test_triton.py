@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-
 from dedicap_local import procs, prometheus, triton
 
 pytestmark = pytest.mark.integration
