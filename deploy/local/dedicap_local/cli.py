@@ -1,0 +1,70 @@
+"""`dedicap-local`: build, start, inspect and stop the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from dedicap_local import stack as stk
+
+BUILD_SCRIPT = stk.LOCAL_DIR / "build-binaries.sh"
+
+
+def build() -> None:
+    """Build (or find cached) the pinned control-plane binaries; fail loudly on a failed step."""
+    subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
+
+
+def show(stack: stk.Stack) -> None:
+    """Print the simulated GPU nodes and a per-pool summary, as a platform engineer would look."""
+    print(stack.kubectl(
+        "get", "nodes", "-L", "dedicap.dev/pool", "-L", "topology.kubernetes.io/zone",
+        "-L", "nvidia.com/gpu.product",
+        "-o", "custom-columns=NAME:.metadata.name,STATUS:.status.conditions[-1].type,"
+        "POOL:.metadata.labels.dedicap\\.dev/pool,ZONE:.metadata.labels.topology\\.kubernetes\\.io/zone,"
+        "GPU:.metadata.labels.nvidia\\.com/gpu\\.product,GPUS:.status.allocatable.nvidia\\.com/gpu",
+    ).stdout)
+    print(f"{'POOL':<8} {'NODES':>5} {'GPUS':>5}  PRODUCT")
+    for pool in stk.load_pools():
+        gpu = pool.get("gpu") or {}
+        print(f"{pool['name']:<8} {pool['nodes']:>5} {pool['nodes'] * gpu.get('perNode', 0):>5}  "
+              f"{gpu.get('product', '-')}")
+    print(f"\nkubeconfig: {stack.kubeconfig}\nprometheus: {stack.prometheus_url}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dedicap-local", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="build or reuse the pinned control-plane binaries")
+    p_up = sub.add_parser("up", help="build if needed, start the stack, show nodes and pools")
+    p_up.add_argument("--no-dataplane", action="store_true",
+                      help="do not run real Triton processes for model pods")
+    p_down = sub.add_parser("down", help="stop every process of the stack")
+    p_down.add_argument("--purge", action="store_true", help="also delete its state (etcd, certs)")
+    sub.add_parser("status", help="which components run")
+    sub.add_parser("show", help="show the simulated GPU nodes and pools")
+    args = parser.parse_args(argv)
+
+    stack = stk.Stack()
+    if args.cmd == "build":
+        build()
+    elif args.cmd == "up":
+        build()
+        stk.up(stack, with_dataplane=not args.no_dataplane)
+        show(stack)
+    elif args.cmd == "down":
+        stk.down(stack, purge=args.purge)
+    elif args.cmd == "status":
+        states = stk.status(stack)
+        for name, running in states.items():
+            print(f"{name:<24} {'running' if running else 'stopped'}")
+        return 0 if all(states.values()) else 1
+    elif args.cmd == "show":
+        show(stack)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Shared fixtures. The `stack` fixture brings the real local stack up once per test session
+(or reuses one that is already running, and then leaves it running)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from dedicap_local import stack as stk
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[stk.Stack]:
+    s = stk.Stack()
+    was_running = all(stk.status(s).values())
+    if not was_running:
+        from dedicap_local.cli import build
+
+        build()
+    stk.up(s)
+    yield s
+    if not was_running and os.environ.get("DEDICAP_KEEP_STACK") != "1":
+        stk.down(s)
