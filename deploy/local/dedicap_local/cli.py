@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_down.add_argument("--purge", action="store_true", help="also delete its state (etcd, certs)")
     sub.add_parser("status", help="which components run")
     sub.add_parser("show", help="show the simulated GPU nodes and pools")
+    sub.add_parser("demo", help="up, then run dedicap on the stack and show what it does")
     args = parser.parse_args(argv)
 
     stack = stk.Stack()
@@ -62,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<24} {'running' if running else 'stopped'}")
         return 0 if all(states.values()) else 1
     elif args.cmd == "show":
+        show(stack)
+    elif args.cmd == "demo":
+        build()
+        stk.up(stack)
         show(stack)
     return 0
 

@@ -282,8 +282,8 @@ def node_objects(pools: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
                 "dedicap.dev/pool": pool["name"],
                 "topology.kubernetes.io/zone": zones[i % len(zones)],
             }
-            capacity = {"cpu": str(pool.get("cpu", "16")), "memory": str(pool.get("memory", "64Gi")),
-                        "pods": "110"}
+            capacity = {"cpu": str(pool.get("cpu", "16")),
+                        "memory": str(pool.get("memory", "64Gi")), "pods": "110"}
             taints: list[dict[str, str]] = []
             if gpu:
                 labels |= {
