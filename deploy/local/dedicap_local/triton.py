@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,7 +73,8 @@ def prepare_backends(run_dir: Path) -> Path:
     python_dir.mkdir(parents=True, exist_ok=True)
     for dst, src in wanted.items():
         if not dst.exists() or dst.stat().st_size != src.stat().st_size:
-            tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
+            # Several data plane threads may prepare at once: each copies to its own name.
+            tmp = dst.with_name(f"{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             shutil.copy2(src, tmp)
             os.replace(tmp, dst)
     return target
