@@ -96,7 +96,7 @@ def test_reconcile_runs_adopts_retunes_and_stops_real_servers(run_dir: Path) -> 
     assert {e["model"] for e in endpoints} == {"bot-model"}
     targets = prometheus.list_targets(run_dir)
     assert set(targets) == {"pod.acme.a", "pod.acme.b"}
-    assert targets["pod.acme.a"][0]["labels"] == {  # type: ignore[comparison-overlap]
+    assert targets["pod.acme.a"][0]["labels"] == {
         "namespace": "acme", "pod": "a", "modeldeployment": "bot", "node": "h100-0"}
     handles = {h.name: h for h in triton.list_instances(run_dir)}
     assert set(handles) == {"pod.acme.a", "pod.acme.b"}
