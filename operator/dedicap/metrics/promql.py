@@ -1,0 +1,261 @@
+"""PromQL for one ModelDeployment's Triton metrics (pure: strings in, strings out).
+
+Every Triton series carries the labels the scrape configuration attaches to the replica's target:
+``namespace`` (the tenant), ``pod``, ``modeldeployment`` and, where the pool is known, ``pool``.
+Triton adds ``model`` and ``version`` itself. A :class:`Target` names the series of one
+ModelDeployment; the builders below turn it into one instant-query expression per signal.
+
+What Triton 2.51's counters mean (checked against a real server, see docs/metrics.md):
+
+- ``nv_inference_request_success`` / ``nv_inference_request_failure{reason}`` count *requests*
+  (one HTTP/gRPC call, whatever its batch dimension);
+- ``nv_inference_count`` counts *inferences* (rows of the batch dimension) and
+  ``nv_inference_exec_count`` counts model *executions* (batches the dynamic batcher formed), so
+  their ratio is the mean batch size in rows;
+- the duration counters (``*_duration_us``) are summed over *successful requests* only, so a mean
+  per request divides by the success counter, never by ``nv_inference_count``; a request's
+  compute time is the time of the batch it ran in;
+- ``nv_inference_request_summary_us{quantile}`` is a per-process summary over Triton's own
+  sliding window (not the query window); it reads NaN while the model is idle.
+
+Summaries cannot be averaged across pods. The combined quantile is the *maximum* over pods,
+which is an upper bound of the quantile of all requests together: if every pod serves at most
+(1-q) of its requests slower than x, so do all pods together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+# The labels the scrape configuration attaches to every Triton target.
+LABEL_NAMESPACE = "namespace"
+LABEL_MODELDEPLOYMENT = "modeldeployment"
+LABEL_POD = "pod"
+LABEL_POOL = "pool"
+LABEL_MODEL = "model"  # Triton's own
+# The label the combined query adds to tell its signals apart.
+LABEL_SIGNAL = "signal"
+
+SUCCESS = "nv_inference_request_success"
+FAILURE = "nv_inference_request_failure"
+INFERENCE_COUNT = "nv_inference_count"
+EXEC_COUNT = "nv_inference_exec_count"
+REQUEST_DURATION = "nv_inference_request_duration_us"
+QUEUE_DURATION = "nv_inference_queue_duration_us"
+COMPUTE_INFER_DURATION = "nv_inference_compute_infer_duration_us"
+PENDING = "nv_inference_pending_request_count"
+REQUEST_SUMMARY = "nv_inference_request_summary_us"
+GPU_UTILIZATION = "nv_gpu_utilization"
+
+
+class Signal(StrEnum):
+    """One signal of the combined query; the value of its ``signal`` label."""
+
+    REQUEST_RATE = "request_rate"
+    SUCCESS_RATE = "success_rate"
+    FAILURE_RATE = "failure_rate"  # by reason
+    MEAN_LATENCY_MS = "mean_latency_ms"
+    MEAN_QUEUE_MS = "mean_queue_ms"
+    MEAN_COMPUTE_MS = "mean_compute_ms"
+    MEAN_BATCH_SIZE = "mean_batch_size"
+    QUEUE_DEPTH = "queue_depth"
+    POD_QUANTILE_MS = "pod_quantile_ms"  # by pod
+    QUANTILE_MS = "quantile_ms"
+    POD_REQUEST_RATE = "pod_request_rate"  # by pod
+    PODS_REPORTING = "pods_reporting"
+    PODS_DOWN = "pods_down"
+    NEWEST_SAMPLE = "newest_sample"
+    GPU_UTILIZATION = "gpu_utilization"
+
+
+def escape(value: str) -> str:
+    """A PromQL double-quoted string literal's body for `value`."""
+    return (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            .replace("\r", "\\r").replace("\t", "\\t"))
+
+
+def duration(seconds: float) -> str:
+    """A PromQL range duration: whole seconds as ``60s``, anything finer in milliseconds."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a range must be a positive number of seconds, got {seconds!r}")
+    ms = round(seconds * 1000)
+    if ms < 1:
+        raise ValueError(f"a range must be at least 1ms, got {seconds!r}s")
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def quantile_label(percentile: float) -> str:
+    """The ``quantile`` label value Triton writes for `percentile` (95 -> ``0.95``)."""
+    if not 0 < percentile < 100:
+        raise ValueError(f"a percentile must lie strictly between 0 and 100, got {percentile!r}")
+    return f"{percentile / 100:g}"
+
+
+def quantile_regex(percentile: float) -> str:
+    """A regular expression matching the quantile label however it is formatted.
+
+    Triton 2.51 writes ``0.95``; other exporters write ``0.950000``. PromQL anchors regular
+    expressions, so ``0[.]950*`` matches exactly those spellings of the same number.
+    """
+    return quantile_label(percentile).replace(".", "[.]") + "0*"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The series of one ModelDeployment, optionally narrowed to one pool, pod or model."""
+
+    namespace: str
+    modeldeployment: str
+    pool: str | None = None
+    pod: str | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.namespace or not self.modeldeployment:
+            raise ValueError("a Target needs a namespace and a modeldeployment")
+
+    def matchers(self, *extra: str) -> str:
+        """The label matchers, without braces: ``namespace="acme",modeldeployment="bot"``."""
+        pairs = [(LABEL_NAMESPACE, self.namespace), (LABEL_MODELDEPLOYMENT, self.modeldeployment)]
+        for name, value in ((LABEL_POOL, self.pool), (LABEL_POD, self.pod),
+                            (LABEL_MODEL, self.model)):
+            if value is not None:
+                pairs.append((name, value))
+        return ",".join([*(f'{name}="{escape(value)}"' for name, value in pairs), *extra])
+
+    def selector(self, metric: str, *extra: str) -> str:
+        """An instant vector selector: ``metric{<matchers>}``."""
+        return f"{metric}{{{self.matchers(*extra)}}}"
+
+
+def _rate(target: Target, metric: str, window: str, *extra: str) -> str:
+    return f"rate({target.selector(metric, *extra)}[{window}])"
+
+
+def _per_success_ms(target: Target, duration_metric: str, window: str) -> str:
+    # Duration counters sum over successful requests only: divide by the success counter.
+    # 0/0 (no request in the window) is NaN, which the reader maps to "unknown".
+    return (f"sum({_rate(target, duration_metric, window)}) / "
+            f"sum({_rate(target, SUCCESS, window)}) / 1000")
+
+
+def request_rate(target: Target, window_s: float) -> str:
+    """Offered requests per second: successes and failures of every reason."""
+    names = f'__name__=~"{SUCCESS}|{FAILURE}"'
+    return f"sum(rate({{{target.matchers(names)}}}[{duration(window_s)}]))"
+
+
+def success_rate(target: Target, window_s: float) -> str:
+    return f"sum({_rate(target, SUCCESS, duration(window_s))})"
+
+
+def failure_rate_by_reason(target: Target, window_s: float) -> str:
+    """Failed requests per second by ``reason`` (REJECTED, BACKEND, CANCELED, OTHER)."""
+    return f"sum by (reason) ({_rate(target, FAILURE, duration(window_s))})"
+
+
+def mean_latency_ms(target: Target, window_s: float) -> str:
+    """Mean end-to-end time of a successful request inside Triton, in milliseconds."""
+    return _per_success_ms(target, REQUEST_DURATION, duration(window_s))
+
+
+def mean_queue_ms(target: Target, window_s: float) -> str:
+    """Mean time a successful request waited in Triton's queue, in milliseconds."""
+    return _per_success_ms(target, QUEUE_DURATION, duration(window_s))
+
+
+def mean_compute_ms(target: Target, window_s: float) -> str:
+    """Mean compute time per successful request (= of the batch it ran in), in milliseconds."""
+    return _per_success_ms(target, COMPUTE_INFER_DURATION, duration(window_s))
+
+
+def mean_batch_size(target: Target, window_s: float) -> str:
+    """Mean rows per model execution: inferences / executions."""
+    window = duration(window_s)
+    return (f"sum({_rate(target, INFERENCE_COUNT, window)}) / "
+            f"sum({_rate(target, EXEC_COUNT, window)})")
+
+
+def queue_depth(target: Target) -> str:
+    """Requests waiting in Triton's queues now, summed over pods."""
+    return f"sum({target.selector(PENDING)})"
+
+
+def pod_quantile_ms(target: Target, percentile: float) -> str:
+    """Each pod's request latency at `percentile`, in ms; idle pods (NaN) are left out.
+
+    ``>= 0`` drops NaN (every comparison with NaN is false) and keeps every real duration. A pod
+    serving several models reports its slowest.
+    """
+    quantile = f'quantile=~"{quantile_regex(percentile)}"'
+    return f"max by ({LABEL_POD}) ({target.selector(REQUEST_SUMMARY, quantile)} >= 0) / 1000"
+
+
+def quantile_ms(target: Target, percentile: float) -> str:
+    """The combined latency at `percentile`, in ms: the maximum of the pods' quantiles."""
+    return f"max({pod_quantile_ms(target, percentile)})"
+
+
+def pod_request_rate(target: Target, window_s: float) -> str:
+    """Offered requests per second by pod (to see imbalance and which pods carry the load)."""
+    names = f'__name__=~"{SUCCESS}|{FAILURE}"'
+    return f"sum by ({LABEL_POD}) (rate({{{target.matchers(names)}}}[{duration(window_s)}]))"
+
+
+def pods_reporting(target: Target) -> str:
+    """Pods with a current (not stale) Triton sample."""
+    return f"count(count by ({LABEL_POD}) ({target.selector(SUCCESS)}))"
+
+
+def pods_down(target: Target) -> str:
+    """Targets whose last scrape failed (``up == 0``); empty when there are none."""
+    return f"count({target.selector('up')} == 0)"
+
+
+def newest_sample(target: Target) -> str:
+    """Unix time of the newest Triton sample of the ModelDeployment (for the staleness check)."""
+    return f"max(timestamp({target.selector(SUCCESS)}))"
+
+
+def gpu_utilization(target: Target) -> str:
+    """Mean GPU utilization (0..1) over the pods' GPUs; absent on CPU-only replicas."""
+    return f"avg({target.selector(GPU_UTILIZATION)})"
+
+
+def signals(target: Target, window_s: float, percentile: float) -> dict[Signal, str]:
+    """Every signal's expression for one ModelDeployment."""
+    return {
+        Signal.REQUEST_RATE: request_rate(target, window_s),
+        Signal.SUCCESS_RATE: success_rate(target, window_s),
+        Signal.FAILURE_RATE: failure_rate_by_reason(target, window_s),
+        Signal.MEAN_LATENCY_MS: mean_latency_ms(target, window_s),
+        Signal.MEAN_QUEUE_MS: mean_queue_ms(target, window_s),
+        Signal.MEAN_COMPUTE_MS: mean_compute_ms(target, window_s),
+        Signal.MEAN_BATCH_SIZE: mean_batch_size(target, window_s),
+        Signal.QUEUE_DEPTH: queue_depth(target),
+        Signal.POD_QUANTILE_MS: pod_quantile_ms(target, percentile),
+        Signal.QUANTILE_MS: quantile_ms(target, percentile),
+        Signal.POD_REQUEST_RATE: pod_request_rate(target, window_s),
+        Signal.PODS_REPORTING: pods_reporting(target),
+        Signal.PODS_DOWN: pods_down(target),
+        Signal.NEWEST_SAMPLE: newest_sample(target),
+        Signal.GPU_UTILIZATION: gpu_utilization(target),
+    }
+
+
+def tagged(expr: str, signal: Signal | str) -> str:
+    """`expr` with every series labelled ``signal="<signal>"``."""
+    return f'label_replace({expr}, "{LABEL_SIGNAL}", "{escape(str(signal))}", "", "")'
+
+
+def combined(target: Target, window_s: float, percentile: float) -> str:
+    """All signals in one expression, so a snapshot costs one HTTP query.
+
+    Each signal is tagged with its own ``signal`` label, so ``or`` keeps every series of every
+    signal (``or`` only drops right-hand series whose label set already occurs on the left).
+    A signal with no data (no traffic, no GPU, no target down) is simply absent.
+    """
+    return " or ".join(tagged(expr, signal)
+                       for signal, expr in signals(target, window_s, percentile).items())

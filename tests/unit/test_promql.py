@@ -1,0 +1,268 @@
+"""The PromQL builders: strings that parse (promtool check rules) and mean what they say
+(promtool test rules evaluates them with Prometheus' own engine over synthetic Triton series,
+no server needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dedicap.metrics import promql
+from dedicap.metrics.promql import Signal, Target
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None,
+                                    reason="promtool (Debian `prometheus`) missing")
+
+TARGET = Target(namespace="acme", modeldeployment="bot")
+WINDOW_S = 60.0
+
+
+def check_rules(tmp_path: Path, exprs: Iterable[str]) -> subprocess.CompletedProcess[str]:
+    """Run `promtool check rules` on recording rules made of `exprs` (JSON is valid YAML)."""
+    rules = [{"record": f"test:expr_{i}", "expr": expr} for i, expr in enumerate(exprs)]
+    path = tmp_path / "rules.yml"
+    # Raw UTF-8: YAML refuses the surrogate-pair escapes JSON would write beyond the BMP.
+    path.write_text(json.dumps({"groups": [{"name": "dedicap", "rules": rules}]},
+                               ensure_ascii=False), encoding="utf-8")
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_duration_formats_seconds_and_milliseconds() -> None:
+    assert promql.duration(60) == "60s"
+    assert promql.duration(90.0) == "90s"
+    assert promql.duration(1.5) == "1500ms"
+    for bad in (0, -1, math.nan, math.inf, 0.0001):
+        with pytest.raises(ValueError):
+            promql.duration(bad)
+
+
+def test_quantile_labels_match_how_triton_writes_them() -> None:
+    assert promql.quantile_label(95) == "0.95"
+    assert promql.quantile_label(50) == "0.5"
+    assert promql.quantile_label(99.9) == "0.999"
+    # PromQL anchors regular expressions: fullmatch is the same test.
+    pattern = re.compile(promql.quantile_regex(95))
+    assert pattern.fullmatch("0.95") and pattern.fullmatch("0.950000")
+    for other in ("0.9", "0.5", "0.959", "0x95", "10.95"):
+        assert not pattern.fullmatch(other), other
+    assert re.fullmatch(promql.quantile_regex(50), "0.5")
+    assert not re.fullmatch(promql.quantile_regex(50), "0.55")
+    for bad in (0, 100, -5, 120):
+        with pytest.raises(ValueError):
+            promql.quantile_label(bad)
+
+
+def test_selector_names_the_modeldeployment_and_optional_narrowings() -> None:
+    assert TARGET.selector("up") == 'up{namespace="acme",modeldeployment="bot"}'
+    narrow = Target("acme", "bot", pool="h100", pod="bot-0", model="m")
+    assert narrow.selector("up", 'quantile="0.5"') == (
+        'up{namespace="acme",modeldeployment="bot",pool="h100",pod="bot-0",model="m",'
+        'quantile="0.5"}')
+    with pytest.raises(ValueError):
+        Target("", "bot")
+
+
+def test_label_values_are_escaped() -> None:
+    t = Target(namespace='a"b', modeldeployment="c\\d")
+    assert t.matchers() == 'namespace="a\\"b",modeldeployment="c\\\\d"'
+
+
+def test_combined_query_tags_every_signal_once() -> None:
+    expr = promql.combined(TARGET, WINDOW_S, 95)
+    for signal in Signal:
+        assert expr.count(f'"signal", "{signal}", "", ""') == 1, signal
+
+
+@needs_promtool
+def test_every_expression_parses(tmp_path: Path) -> None:
+    exprs = [*promql.signals(TARGET, WINDOW_S, 95).values(),
+             *promql.signals(Target("acme", "bot", pool="p", pod="x", model="m"), 1.5, 99.9
+                             ).values(),
+             promql.combined(TARGET, WINDOW_S, 95)]
+    result = check_rules(tmp_path, exprs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
+
+
+@needs_promtool
+def test_a_broken_expression_is_caught(tmp_path: Path) -> None:
+    # The parse check above can fail: promtool rejects what Prometheus would.
+    result = check_rules(tmp_path, [promql.success_rate(TARGET, WINDOW_S)[:-1]])
+    assert result.returncode != 0
+
+
+# Printable ASCII (quotes and backslashes included), escapes, and characters beyond ASCII.
+label_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+                       | st.sampled_from(["\n", "\t", "\r", "é", "✓", "𐀀"]),
+                       min_size=1, max_size=12)
+
+
+@needs_promtool
+@settings(max_examples=10, deadline=None)
+@given(namespace=label_values, name=label_values)
+def test_any_label_value_gives_a_valid_query(tmp_path_factory: pytest.TempPathFactory,
+                                             namespace: str, name: str) -> None:
+    target = Target(namespace=namespace, modeldeployment=name)
+    result = check_rules(tmp_path_factory.mktemp("rules"),
+                         [promql.combined(target, WINDOW_S, 95)])
+    assert result.returncode == 0, (namespace, name, result.stdout + result.stderr)
+
+
+# --- Semantics: synthetic Triton series, evaluated by promtool's PromQL engine --------------
+
+INTERVAL_S = 15
+STEPS = 40  # samples at 0, 15 s, ..., 600 s
+EVAL_AT_S = INTERVAL_S * STEPS
+
+
+def counter(per_second: float) -> str:
+    return f"0+{per_second * INTERVAL_S:g}x{STEPS}"
+
+
+def constant(value: float | str) -> str:
+    return " ".join([str(value)] * (STEPS + 1))
+
+
+def labels(pod: str, namespace: str = "acme", md: str = "bot", **extra: str) -> dict[str, str]:
+    return {"namespace": namespace, "modeldeployment": md, "pod": pod, "model": "bot",
+            "version": "1", **extra}
+
+
+def series(metric: str, lbls: dict[str, str]) -> str:
+    return metric + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(lbls.items())) + "}"
+
+
+def triton_pod(pod: str, *, success: float, rejected: float, backend: float, latency_ms: float,
+               queue_ms: float, compute_ms: float, rows: float, execs: float, pending: float,
+               p95: float | str, quantile_spelling: str = "0.95", gpu: float | None = None,
+               namespace: str = "acme", md: str = "bot") -> list[dict[str, str]]:
+    """One pod's Triton series as promtool input (rates per second, durations in ms)."""
+    lb = labels(pod, namespace, md)
+    out = [
+        {"series": series("nv_inference_request_success", lb), "values": counter(success)},
+        {"series": series("nv_inference_request_duration_us", lb),
+         "values": counter(success * latency_ms * 1000)},
+        {"series": series("nv_inference_queue_duration_us", lb),
+         "values": counter(success * queue_ms * 1000)},
+        {"series": series("nv_inference_compute_infer_duration_us", lb),
+         "values": counter(success * compute_ms * 1000)},
+        {"series": series("nv_inference_count", lb), "values": counter(rows)},
+        {"series": series("nv_inference_exec_count", lb), "values": counter(execs)},
+        {"series": series("nv_inference_pending_request_count", lb), "values": constant(pending)},
+        {"series": series("nv_inference_request_summary_us", {**lb, "quantile": "0.5"}),
+         "values": constant(1.0)},
+        {"series": series("nv_inference_request_summary_us",
+                          {**lb, "quantile": quantile_spelling}),
+         "values": constant(p95 if isinstance(p95, str) else p95 * 1000)},
+        {"series": series("up", {k: lb[k] for k in ("namespace", "modeldeployment", "pod")}),
+         "values": constant(1)},
+    ]
+    for reason, rate in (("REJECTED", rejected), ("BACKEND", backend), ("OTHER", 0.0),
+                         ("CANCELED", 0.0)):
+        out.append({"series": series("nv_inference_request_failure", {**lb, "reason": reason}),
+                    "values": counter(rate)})
+    if gpu is not None:
+        out.append({"series": series("nv_gpu_utilization",
+                                     {k: lb[k] for k in ("namespace", "modeldeployment", "pod")}
+                                     | {"gpu_uuid": f"GPU-{pod}"}),
+                    "values": constant(gpu)})
+    return out
+
+
+INPUT = [
+    *triton_pod("a", success=2, rejected=0.5, backend=0, latency_ms=50, queue_ms=10,
+                compute_ms=30, rows=4, execs=1, pending=3, p95=80, gpu=0.5),
+    # Another exporter's spelling of the quantile label must match too.
+    *triton_pod("b", success=1, rejected=0, backend=0.25, latency_ms=110, queue_ms=40,
+                compute_ms=30, rows=2, execs=1, pending=1, p95=120,
+                quantile_spelling="0.950000", gpu=0.25),
+    # Idle: its quantiles read NaN and must not poison the max.
+    *triton_pod("c", success=0, rejected=0, backend=0, latency_ms=0, queue_ms=0, compute_ms=0,
+                rows=0, execs=0, pending=0, p95="NaN"),
+    # Other ModelDeployments (same name in another tenant, another name here) must not leak in.
+    *triton_pod("x", success=100, rejected=9, backend=9, latency_ms=999, queue_ms=999,
+                compute_ms=999, rows=900, execs=1, pending=99, p95=9999, md="other"),
+    *triton_pod("y", success=100, rejected=9, backend=9, latency_ms=999, queue_ms=999,
+                compute_ms=999, rows=900, execs=1, pending=99, p95=9999, namespace="evil"),
+    # A target of this ModelDeployment whose scrapes fail: no Triton series, up == 0.
+    {"series": series("up", {"namespace": "acme", "modeldeployment": "bot", "pod": "d"}),
+     "values": constant(0)},
+]
+
+EXPECTED: dict[Signal, list[tuple[dict[str, str], float]]] = {
+    Signal.REQUEST_RATE: [({}, 3.75)],
+    Signal.SUCCESS_RATE: [({}, 3.0)],
+    Signal.FAILURE_RATE: [({"reason": "REJECTED"}, 0.5), ({"reason": "BACKEND"}, 0.25),
+                          ({"reason": "OTHER"}, 0.0), ({"reason": "CANCELED"}, 0.0)],
+    Signal.MEAN_LATENCY_MS: [({}, 70.0)],  # (2*50 + 1*110) / 3: weighted by requests
+    Signal.MEAN_QUEUE_MS: [({}, 20.0)],  # (2*10 + 1*40) / 3
+    Signal.MEAN_COMPUTE_MS: [({}, 30.0)],
+    Signal.MEAN_BATCH_SIZE: [({}, 3.0)],  # (4 + 2) rows / (1 + 1) executions
+    Signal.QUEUE_DEPTH: [({}, 4.0)],
+    Signal.POD_QUANTILE_MS: [({"pod": "a"}, 80.0), ({"pod": "b"}, 120.0)],
+    Signal.QUANTILE_MS: [({}, 120.0)],
+    Signal.POD_REQUEST_RATE: [({"pod": "a"}, 2.5), ({"pod": "b"}, 1.25), ({"pod": "c"}, 0.0)],
+    Signal.PODS_REPORTING: [({}, 3.0)],
+    Signal.PODS_DOWN: [({}, 1.0)],
+    Signal.NEWEST_SAMPLE: [({}, float(EVAL_AT_S))],
+    Signal.GPU_UTILIZATION: [({}, 0.375)],
+}
+
+
+def expr_test(expr: str, samples: list[tuple[dict[str, str], float]]) -> dict[str, object]:
+    return {
+        "expr": expr,
+        "eval_time": f"{EVAL_AT_S}s",
+        "exp_samples": [{"labels": "{" + ",".join(f'{k}="{v}"' for k, v in lb.items()) + "}",
+                         "value": value} for lb, value in samples],
+    }
+
+
+def run_promtool_tests(tmp_path: Path, tests: list[dict[str, object]],
+                       input_series: list[dict[str, str]]) -> subprocess.CompletedProcess[str]:
+    spec = {"rule_files": [], "evaluation_interval": "1m",
+            "tests": [{"interval": f"{INTERVAL_S}s", "input_series": input_series,
+                       "promql_expr_test": tests}]}
+    path = tmp_path / "test.yml"
+    path.write_text(json.dumps(spec, indent=1))
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True,
+                          timeout=60)
+
+
+@needs_promtool
+def test_each_signal_evaluates_to_what_it_means(tmp_path: Path) -> None:
+    exprs = promql.signals(TARGET, WINDOW_S, 95)
+    assert set(exprs) == set(EXPECTED)
+    tests = [expr_test(exprs[signal], EXPECTED[signal]) for signal in Signal]
+    result = run_promtool_tests(tmp_path, tests, INPUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_combined_query_returns_every_signal_tagged(tmp_path: Path) -> None:
+    samples = [({**lb, "signal": str(signal)}, value)
+               for signal, expected in EXPECTED.items() for lb, value in expected]
+    result = run_promtool_tests(
+        tmp_path, [expr_test(promql.combined(TARGET, WINDOW_S, 95), samples)], INPUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_semantic_check_can_fail(tmp_path: Path) -> None:
+    # Guard against a harness that passes whatever it is given.
+    tests = [expr_test(promql.quantile_ms(TARGET, 95), [({}, 80.0)])]
+    result = run_promtool_tests(tmp_path, tests, INPUT)
+    assert result.returncode != 0
