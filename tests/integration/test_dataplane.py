@@ -1,0 +1,142 @@
+"""The local data plane on the real stack: every Running pod of a ModelDeployment on a simulated
+GPU node gets a real tritonserver, scraped by the stack's Prometheus with the pod's labels; load
+reaches every replica; a pod that goes away takes its process with it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from dedicap_local import dataplane as dp
+from dedicap_local import loadgen, procs, prometheus, triton
+from dedicap_local import stack as stk
+
+pytestmark = pytest.mark.integration
+
+MD = "chat"
+
+
+@pytest.fixture
+def namespace(stack: stk.Stack) -> Iterator[str]:
+    name = f"dp-{uuid.uuid4().hex[:8]}"
+    stack.kubectl("create", "namespace", name)
+    yield name
+    stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def model_pods(name: str, replicas: int) -> dict[str, Any]:
+    """Pods as the operator renders them: labelled with their ModelDeployment and pool, bound
+    to h100 GPU nodes, running Triton with --load-model."""
+    labels = {"app": name, "dedicap.dev/modeldeployment": MD, "dedicap.dev/pool": "h100"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels,
+                             "annotations": {"dedicap.dev/sim-base-ms": "5",
+                                             "dedicap.dev/sim-per-item-ms": "1"}},
+                "spec": {
+                    "nodeSelector": {"dedicap.dev/pool": "h100"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                     "effect": "NoSchedule"}],
+                    "containers": [{
+                        "name": "triton", "image": "nvcr.io/nvidia/tritonserver:24.10-py3",
+                        "args": ["tritonserver", "--model-repository=s3://models",
+                                 "--model-control-mode=explicit", f"--load-model={MD}-v1"],
+                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    }],
+                },
+            },
+        },
+    }
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def query(prom_url: str, promql: str) -> list[dict[str, Any]]:
+    qs = urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(f"{prom_url}/api/v1/query?{qs}", timeout=5) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def running_pods(stack: stk.Stack, ns: str) -> set[str]:
+    out = json.loads(stack.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)
+    return {p["metadata"]["name"] for p in out["items"]
+            if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")}
+
+
+def scraped_pods(stack: stk.Stack, ns: str) -> dict[str, dict[str, str]]:
+    series = query(stack.prometheus_url,
+                   f'nv_inference_request_success{{namespace="{ns}",modeldeployment="{MD}"}}')
+    return {s["metric"]["pod"]: s["metric"] for s in series}
+
+
+def test_a_tritonserver_per_running_pod(stack: stk.Stack, namespace: str) -> None:
+    assert stk.status(stack)["dataplane"], "the stack runs the data plane"
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(model_pods("chat", 2)))
+    pods = wait_until(lambda: (p := running_pods(stack, namespace)) and len(p) == 2 and p,
+                      "2 Running pods")
+
+    # One scraped tritonserver per pod, with the pod's identity as labels.
+    scraped = wait_until(lambda: (s := scraped_pods(stack, namespace)) and set(s) == pods and s,
+                         "Prometheus scraping one Triton per pod")
+    for name, labels in scraped.items():
+        assert labels["modeldeployment"] == MD and labels["pool"] == "h100"
+        assert labels["namespace"] == namespace and labels["pod"] == name
+        assert labels["model"] == f"{MD}-v1"
+        assert labels["node"].startswith("h100-")
+
+    # Load through the endpoints reaches both replicas and shows up in Prometheus.
+    endpoints = loadgen.endpoints_for(namespace, MD, stack.run_dir)
+    assert {e["pod"] for e in endpoints.current()} == pods
+    report = loadgen.run_profile(endpoints, [loadgen.Step(3, 10)], seed=3, timeout_s=10)
+    assert report.sent > 10 and report.failed == 0, report.summary()
+    assert set(report.per_endpoint) == pods
+    total = f'sum(nv_inference_request_success{{namespace="{namespace}",modeldeployment="{MD}"}})'
+    wait_until(lambda: (r := query(stack.prometheus_url, total))
+               and float(r[0]["value"][1]) == report.succeeded, "Prometheus counting the load")
+
+    # A deleted pod takes its process, its target and its endpoint with it; its replacement
+    # gets its own.
+    victim = sorted(pods)[0]
+    key = dp.instance_key(namespace, victim)
+    handle = triton.find_triton(stack.run_dir, key)
+    assert handle is not None and handle.pid is not None
+    stack.kubectl("delete", "pod", "-n", namespace, victim, "--wait=false")
+    wait_until(lambda: triton.find_triton(stack.run_dir, key) is None, "the process to stop")
+    assert key not in prometheus.list_targets(stack.run_dir)
+    assert not procs.port_open(handle.http_port)
+    new_pods = wait_until(lambda: (p := running_pods(stack, namespace)) and len(p) == 2
+                          and victim not in p and p, "a replacement pod")
+    wait_until(lambda: set(scraped_pods(stack, namespace)) == new_pods
+               and {e["pod"] for e in dp.read_endpoints(stack.run_dir, namespace, MD)} == new_pods,
+               "the replacement scraped and routed")
+
+    # Scaled to zero: nothing of it stays running.
+    stack.kubectl("scale", "deployment", "-n", namespace, "chat", "--replicas=0")
+    wait_until(lambda: not any(h.name.startswith(f"pod.{namespace}.")
+                               for h in triton.list_instances(stack.run_dir)),
+               "every process to stop")
+    wait_until(lambda: not dp.endpoints_file(stack.run_dir, namespace, MD).exists(),
+               "the endpoints to go")
