@@ -1,0 +1,198 @@
+"""The operator's own metrics (``dedicap_*``), in a registry of their own.
+
+Each :class:`OperatorMetrics` owns a ``CollectorRegistry`` (not prometheus-client's global one), so
+tests and several operators in one process never collide. The controller records into it;
+:func:`serve` exposes it over HTTP.
+
+Per-ModelDeployment series carry ``namespace`` (the tenant) and ``modeldeployment``; the
+per-pool ones add ``pool``. :meth:`OperatorMetrics.forget` removes every series of a deleted
+ModelDeployment, so dashboards do not show ghosts and the exposition does not grow forever.
+
+When Prometheus scrapes the operator through a ServiceMonitor, set ``honorLabels: true``:
+otherwise the target's own ``namespace`` label (the operator's) renames ours to
+``exported_namespace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.context_managers import Timer
+from prometheus_client.metrics import MetricWrapperBase
+
+MD_LABELS = ("namespace", "modeldeployment")
+POOL_LABELS = (*MD_LABELS, "pool")
+DIRECTIONS = ("up", "down", "hold")
+# Evaluation = read Prometheus + decide + apply; a slow Prometheus shows up in the high buckets.
+EVALUATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """What one ModelDeployment uses in one pool."""
+
+    replicas: int
+    gpus: float
+    gpu_hours: float  # accumulated since creation
+    hourly_cost: float  # of the GPUs held now, at the pool's price
+
+
+class OperatorMetrics:
+    """The operator's metrics and the registry that holds them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.scale_decisions = Counter(
+            "dedicap_scale_decisions", "Autoscaling decisions, by direction and reason code.",
+            [*MD_LABELS, "direction", "reason"], registry=r)
+        self.evaluation_seconds = Histogram(
+            "dedicap_evaluation_duration_seconds",
+            "Time of one autoscaling evaluation (read metrics, decide, apply).",
+            buckets=EVALUATION_BUCKETS, registry=r)
+        self.query_errors = Counter(
+            "dedicap_prometheus_query_errors",
+            "Prometheus queries that failed, by kind (PrometheusUnavailable, QueryError).",
+            ["kind"], registry=r)
+        self.desired_replicas = Gauge(
+            "dedicap_modeldeployment_desired_replicas", "Replicas asked for (spec.replicas).",
+            MD_LABELS, registry=r)
+        self.ready_replicas = Gauge(
+            "dedicap_modeldeployment_ready_replicas", "Replicas ready to serve.",
+            MD_LABELS, registry=r)
+        self.latency_seconds = Gauge(
+            "dedicap_modeldeployment_observed_latency_seconds",
+            "Observed request latency at the SLO percentile (max over pods); NaN when idle.",
+            [*MD_LABELS, "percentile"], registry=r)
+        self.latency_target_seconds = Gauge(
+            "dedicap_modeldeployment_latency_target_seconds",
+            "The latency SLO's target at its percentile.", [*MD_LABELS, "percentile"], registry=r)
+        self.error_ratio = Gauge(
+            "dedicap_modeldeployment_error_ratio",
+            "Failed / offered requests over the evaluation window.", MD_LABELS, registry=r)
+        self.request_rate = Gauge(
+            "dedicap_modeldeployment_request_rate",
+            "Offered requests per second over the evaluation window.", MD_LABELS, registry=r)
+        self.metrics_available = Gauge(
+            "dedicap_modeldeployment_metrics_available",
+            "1 when the last evaluation had fresh metrics, 0 when it held blind.",
+            MD_LABELS, registry=r)
+        self.pool_replicas = Gauge(
+            "dedicap_modeldeployment_replicas", "Replicas placed in a pool.",
+            POOL_LABELS, registry=r)
+        self.pool_gpus = Gauge(
+            "dedicap_modeldeployment_gpus", "GPUs held in a pool.", POOL_LABELS, registry=r)
+        self.pool_gpu_hours = Gauge(
+            "dedicap_modeldeployment_gpu_hours",
+            "GPU-hours used in a pool since the ModelDeployment was created.",
+            POOL_LABELS, registry=r)
+        self.pool_hourly_cost = Gauge(
+            "dedicap_modeldeployment_hourly_cost",
+            "Cost per hour of the GPUs held now in a pool, at the pool's price.",
+            POOL_LABELS, registry=r)
+        self._md_metrics: tuple[MetricWrapperBase, ...] = (
+            self.desired_replicas, self.ready_replicas, self.error_ratio, self.request_rate,
+            self.metrics_available)
+        self._pool_metrics: tuple[Gauge, ...] = (
+            self.pool_replicas, self.pool_gpus, self.pool_gpu_hours, self.pool_hourly_cost)
+        # Label values written per ModelDeployment, so forget() can remove exactly those.
+        self._lock = threading.Lock()
+        self._decisions: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._percentiles: dict[tuple[str, str], set[str]] = {}
+        self._pools: dict[tuple[str, str], set[str]] = {}
+
+    def record_decision(self, namespace: str, modeldeployment: str, direction: str,
+                        reason: str) -> None:
+        """Count one decision. `reason` must be a short code from a fixed set (e.g.
+        ``LatencyAboveTarget``, ``Stabilizing``, ``MetricsUnavailable``), never free text: every
+        distinct value is a new series."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        key = (namespace, modeldeployment)
+        with self._lock:
+            self._decisions.setdefault(key, set()).add((direction, reason))
+        self.scale_decisions.labels(namespace, modeldeployment, direction, reason).inc()
+
+    def record_query_error(self, kind: str) -> None:
+        self.query_errors.labels(kind).inc()
+
+    def time_evaluation(self) -> Timer:
+        """A context manager that observes one evaluation's duration."""
+        return self.evaluation_seconds.time()
+
+    def set_modeldeployment(self, namespace: str, modeldeployment: str, *, desired_replicas: int,
+                            ready_replicas: int, metrics_available: bool,
+                            latency_ms: float, latency_target_ms: float, percentile: float,
+                            error_ratio: float, request_rate: float) -> None:
+        """Set the ModelDeployment's gauges after an evaluation (NaN = not known)."""
+        key = (namespace, modeldeployment)
+        p = f"{percentile:g}"
+        with self._lock:
+            old = self._percentiles.get(key, set()) - {p}
+            self._percentiles[key] = {p}
+        for stale in old:  # the SLO's percentile changed: drop the old series
+            for gauge in (self.latency_seconds, self.latency_target_seconds):
+                _remove(gauge, namespace, modeldeployment, stale)
+        self.desired_replicas.labels(*key).set(desired_replicas)
+        self.ready_replicas.labels(*key).set(ready_replicas)
+        self.metrics_available.labels(*key).set(1 if metrics_available else 0)
+        self.latency_seconds.labels(*key, p).set(latency_ms / 1000.0)
+        self.latency_target_seconds.labels(*key, p).set(latency_target_ms / 1000.0)
+        self.error_ratio.labels(*key).set(error_ratio)
+        self.request_rate.labels(*key).set(request_rate)
+
+    def set_pools(self, namespace: str, modeldeployment: str,
+                  usage: Mapping[str, PoolUsage]) -> None:
+        """Replace the per-pool series: pools not in `usage` any more are removed."""
+        key = (namespace, modeldeployment)
+        with self._lock:
+            gone = self._pools.get(key, set()) - set(usage)
+            self._pools[key] = set(usage)
+        for pool in gone:
+            for gauge in self._pool_metrics:
+                _remove(gauge, namespace, modeldeployment, pool)
+        for pool, u in usage.items():
+            self.pool_replicas.labels(*key, pool).set(u.replicas)
+            self.pool_gpus.labels(*key, pool).set(u.gpus)
+            self.pool_gpu_hours.labels(*key, pool).set(u.gpu_hours)
+            self.pool_hourly_cost.labels(*key, pool).set(u.hourly_cost)
+
+    def forget(self, namespace: str, modeldeployment: str) -> None:
+        """Remove every series of a deleted ModelDeployment."""
+        key = (namespace, modeldeployment)
+        with self._lock:
+            decisions = self._decisions.pop(key, set())
+            percentiles = self._percentiles.pop(key, set())
+            pools = self._pools.pop(key, set())
+        for metric in self._md_metrics:
+            _remove(metric, *key)
+        for direction, reason in decisions:
+            _remove(self.scale_decisions, *key, direction, reason)
+        for p in percentiles:
+            for gauge in (self.latency_seconds, self.latency_target_seconds):
+                _remove(gauge, *key, p)
+        for pool in pools:
+            for gauge in self._pool_metrics:
+                _remove(gauge, *key, pool)
+
+
+def _remove(metric: MetricWrapperBase, *labelvalues: str) -> None:
+    # Older prometheus-client versions raise KeyError for a series never set.
+    with contextlib.suppress(KeyError):
+        metric.remove(*labelvalues)
+
+
+def serve(metrics: OperatorMetrics, port: int, addr: str = "0.0.0.0"
+          ) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` on `addr`:`port` from a daemon thread (port 0: the kernel picks).
+
+    Returns the server (``server.server_port`` is the bound port; ``server.shutdown()`` stops
+    it) and its thread.
+    """
+    server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    return server, thread

@@ -1,0 +1,185 @@
+"""One ModelDeployment's Triton signals at one moment: :func:`observe` -> :class:`MetricsSnapshot`.
+
+A snapshot costs one HTTP query (the signals of ``promql.combined``, told apart by their
+``signal`` label). It never raises for an expected outage: Prometheus unreachable, a refused
+query, no pod reporting, stale or too few samples all give ``available=False`` with a short
+machine-readable ``problem`` and a human-readable ``reason`` for the status condition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from dedicap.metrics import promql
+from dedicap.metrics.prometheus import PrometheusUnavailable, QueryError, Sample
+from dedicap.metrics.promql import Signal
+
+# `problem` codes (stable: the controller maps them to condition reasons and counters).
+PROBLEM_UNAVAILABLE = "PrometheusUnavailable"
+PROBLEM_QUERY = "QueryError"
+PROBLEM_NO_PODS = "NoPodsReporting"
+PROBLEM_STALE = "StaleMetrics"
+PROBLEM_NO_RATE = "TooFewSamples"
+
+REJECTED = "REJECTED"
+BACKEND = "BACKEND"
+
+
+class QueryClient(Protocol):
+    """What :func:`observe` needs from a Prometheus client."""
+
+    def query(self, expr: str, at: float | None = None) -> list[Sample]: ...
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Triton's signals for one ModelDeployment over the window ending at `queried_at`.
+
+    Rates are per second, durations in milliseconds. NaN means "not known" (no request in the
+    window, no GPU metrics); a zero is a measured zero.
+    """
+
+    available: bool
+    queried_at: float
+    window_s: float
+    percentile: float
+    problem: str = ""  # one of the PROBLEM_* codes when not available
+    reason: str = ""  # why not available, in words
+    timestamp: float | None = None  # unix time of the newest Triton sample
+    request_rate: float = math.nan  # offered: successes + failures of every reason
+    success_rate: float = math.nan
+    failure_rates: Mapping[str, float] = field(default_factory=dict)  # by Triton's reason
+    mean_latency_ms: float = math.nan
+    latency_quantile_ms: float = math.nan  # at `percentile`: the max over pods
+    pod_latency_quantile_ms: Mapping[str, float] = field(default_factory=dict)
+    pod_request_rate: Mapping[str, float] = field(default_factory=dict)
+    mean_queue_ms: float = math.nan
+    mean_compute_ms: float = math.nan  # per request = of the batch it ran in
+    mean_batch_size: float = math.nan
+    queue_depth: float = math.nan  # pending requests, summed over pods
+    pods_reporting: int = 0
+    pods_down: int = 0  # targets whose last scrape failed
+    gpu_utilization: float = math.nan
+
+    @property
+    def rejected_rate(self) -> float:
+        """Queue timeouts per second: unmet demand, a capacity problem."""
+        return self.failure_rates.get(REJECTED, 0.0)
+
+    @property
+    def backend_failure_rate(self) -> float:
+        """Model errors per second: more replicas will not help."""
+        return self.failure_rates.get(BACKEND, 0.0)
+
+    @property
+    def failure_rate(self) -> float:
+        return sum(self.failure_rates.values())
+
+    @property
+    def error_ratio(self) -> float:
+        """Failed / offered requests in the window; NaN without traffic."""
+        if not self.request_rate > 0:
+            return math.nan
+        return self.failure_rate / self.request_rate
+
+
+def observe(client: QueryClient, namespace: str, modeldeployment: str, window_s: float,
+            now: float, *, percentile: float = 95.0, scrape_interval_s: float = 15.0,
+            stale_after_intervals: float = 3.0, pool: str | None = None,
+            model: str | None = None) -> MetricsSnapshot:
+    """Read one ModelDeployment's signals over ``[now - window_s, now]``.
+
+    `window_s` should span at least four scrape intervals (a rate needs two samples). Data is
+    stale when the newest Triton sample is older than ``stale_after_intervals`` scrape
+    intervals.
+    """
+    target = promql.Target(namespace=namespace, modeldeployment=modeldeployment, pool=pool,
+                           model=model)
+    expr = promql.combined(target, window_s, percentile)
+    base = MetricsSnapshot(available=False, queried_at=now, window_s=window_s,
+                           percentile=percentile)
+    try:
+        samples = client.query(expr, at=now)
+    except PrometheusUnavailable as err:
+        return _unavailable(base, PROBLEM_UNAVAILABLE, str(err))
+    except QueryError as err:
+        return _unavailable(base, PROBLEM_QUERY,
+                            f"Prometheus rejected the query ({err.error_type}: {err.error})")
+    return from_samples(samples, base, max_age_s=stale_after_intervals * scrape_interval_s)
+
+
+def _unavailable(base: MetricsSnapshot, problem: str, reason: str) -> MetricsSnapshot:
+    return replace(base, available=False, problem=problem, reason=reason)
+
+
+def from_samples(samples: Iterable[Sample], base: MetricsSnapshot,
+                 max_age_s: float) -> MetricsSnapshot:
+    """Build the snapshot from the combined query's samples, then judge its freshness."""
+    scalars: dict[str, float] = {}
+    failures: dict[str, float] = {}
+    pod_quantiles: dict[str, float] = {}
+    pod_rates: dict[str, float] = {}
+    for sample in samples:
+        signal = sample.labels.get(promql.LABEL_SIGNAL, "")
+        if signal == Signal.FAILURE_RATE:
+            failures[sample.labels.get("reason", "OTHER")] = _finite_or_zero(sample.value)
+        elif signal == Signal.POD_QUANTILE_MS:
+            pod_quantiles[sample.labels.get(promql.LABEL_POD, "")] = sample.value
+        elif signal == Signal.POD_REQUEST_RATE:
+            pod_rates[sample.labels.get(promql.LABEL_POD, "")] = sample.value
+        elif signal:
+            scalars[signal] = sample.value
+
+    def get(signal: Signal) -> float:
+        return scalars.get(signal, math.nan)
+
+    newest = get(Signal.NEWEST_SAMPLE)
+    pods = get(Signal.PODS_REPORTING)
+    snap = MetricsSnapshot(
+        available=True,
+        queried_at=base.queried_at,
+        window_s=base.window_s,
+        percentile=base.percentile,
+        timestamp=newest if math.isfinite(newest) else None,
+        request_rate=get(Signal.REQUEST_RATE),
+        success_rate=get(Signal.SUCCESS_RATE),
+        failure_rates=failures,
+        mean_latency_ms=get(Signal.MEAN_LATENCY_MS),
+        latency_quantile_ms=get(Signal.QUANTILE_MS),
+        pod_latency_quantile_ms=pod_quantiles,
+        pod_request_rate=pod_rates,
+        mean_queue_ms=get(Signal.MEAN_QUEUE_MS),
+        mean_compute_ms=get(Signal.MEAN_COMPUTE_MS),
+        mean_batch_size=get(Signal.MEAN_BATCH_SIZE),
+        queue_depth=get(Signal.QUEUE_DEPTH),
+        pods_reporting=int(pods) if math.isfinite(pods) else 0,
+        # count() of nothing is an empty result: no target down.
+        pods_down=int(_finite_or_zero(get(Signal.PODS_DOWN))),
+        gpu_utilization=get(Signal.GPU_UTILIZATION),
+    )
+    problem, reason = _judge(snap, max_age_s)
+    if problem:
+        # Keep what was read (useful in status and logs), but say it must not be acted on.
+        return replace(snap, available=False, problem=problem, reason=reason)
+    return snap
+
+
+def _judge(snap: MetricsSnapshot, max_age_s: float) -> tuple[str, str]:
+    if snap.pods_reporting == 0 or snap.timestamp is None:
+        down = f" ({snap.pods_down} target(s) failing their scrape)" if snap.pods_down else ""
+        return PROBLEM_NO_PODS, f"no Triton pod of this ModelDeployment is reporting{down}"
+    age = snap.queried_at - snap.timestamp
+    if age > max_age_s:
+        return (PROBLEM_STALE,
+                f"newest Triton sample is {age:.0f}s old (stale after {max_age_s:.0f}s)")
+    if not math.isfinite(snap.request_rate):
+        return (PROBLEM_NO_RATE,
+                f"fewer than two samples in the {snap.window_s:g}s window: no rate yet")
+    return "", ""
+
+
+def _finite_or_zero(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
