@@ -1,0 +1,347 @@
+"""Capacity reconcile: reservation admission and status, tenant quotas and RBAC, priority classes.
+
+Admission is a decision over every reservation of a pool at once, so one reconcile computes the
+whole picture (`plan`, pure) from one read of the cluster (`read`) and writes it (`reconcile`):
+
+- each CapacityReservation's status: admitted or why not (with the GPUs left), used reserved
+  GPUs, borrowed GPUs, headroom, conditions Admitted and Active;
+- per tenant namespace a ResourceQuota on `requests.nvidia.com/gpu`, plus read-only RBAC;
+  the quotas of namespaces that no reservation names any more are deleted;
+- the two PriorityClasses and the tenants' ClusterRole.
+
+Everything is server-side-applied with the field manager `dedicap` (forced) and derived from
+observed state only, so a restart at any line converges. The kopf handlers (`register`) run it
+when a reservation changes and on a timer (pools, nodes and pods change without touching any
+reservation), at most once per `min_interval` unless a reservation changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from dedicap.api.models import CapacityReservation, GPUPool, ModelDeployment
+from dedicap.controller import conditions as c
+from dedicap.controller.kube import FIELD_MANAGER, Kind, Kube, KubeError
+from dedicap.controller.observe import NodeInfo, parse_node, pod_gpus, selects
+from dedicap.decide import capacity_objects as co
+from dedicap.decide import reservations as rv
+from dedicap.decide.render import LABEL_MD
+
+log = logging.getLogger(__name__)
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+ADMITTED = "Admitted"
+ACTIVE = "Active"
+
+# Kinds the capacity reconcile writes besides dedicap's own.
+RESOURCE_QUOTA = Kind("v1", "ResourceQuota", "resourcequotas", True)
+PRIORITY_CLASS = Kind("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", False)
+ROLE = Kind("rbac.authorization.k8s.io/v1", "Role", "roles", True)
+ROLE_BINDING = Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True)
+CLUSTER_ROLE = Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False)
+CLUSTER_ROLE_BINDING = Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+                            "clusterrolebindings", False)
+RESERVATIONS = Kind("dedicap.dev/v1alpha1", "CapacityReservation", "capacityreservations", False)
+_KINDS = {k.kind: k for k in (RESOURCE_QUOTA, PRIORITY_CLASS, ROLE, ROLE_BINDING, CLUSTER_ROLE,
+                              CLUSTER_ROLE_BINDING)}
+
+
+# ----------------------------------------------------------------------------- read
+
+
+def parse_gpu_pod(raw: Mapping[str, Any]) -> rv.GPUPod | None:
+    """A non-terminated pod that holds GPUs on a node, or is about to: bound, or Pending with the
+    node the scheduler nominated for it after preempting (its GPUs are spoken for)."""
+    spec = raw.get("spec") or {}
+    status = raw.get("status") or {}
+    meta = raw.get("metadata") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    node = spec.get("nodeName") or status.get("nominatedNodeName")
+    gpus = pod_gpus(spec)
+    if not node or gpus == 0:
+        return None
+    labels = meta.get("labels") or {}
+    namespace = meta.get("namespace", "")
+    md = labels.get(LABEL_MD)
+    return rv.GPUPod(
+        namespace=namespace, name=meta.get("name", ""), node=node, gpus=gpus,
+        priority=int(spec.get("priority") or 0),
+        owner=f"{namespace}/{md}" if md else "",
+        reservation=labels.get(rv.LABEL_RESERVATION, ""),
+        capacity=labels.get(rv.LABEL_CAPACITY, ""))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of everything capacity decisions depend on."""
+
+    reservations: Mapping[str, CapacityReservation]
+    invalid_reservations: Mapping[str, str]
+    pools: Mapping[str, GPUPool]
+    nodes: tuple[NodeInfo, ...]
+    pods: tuple[rv.GPUPod, ...]
+    namespaces: frozenset[str]
+
+    def pool_nodes(self, pool: GPUPool) -> list[NodeInfo]:
+        return [n for n in self.nodes if selects(pool.spec.node_selector, n.labels)]
+
+    def views(self) -> dict[str, rv.ReservationView]:
+        return {name: rv.ReservationView.of(r) for name, r in self.reservations.items()}
+
+    def pool_capacity(self) -> dict[str, int]:
+        """GPUs of each pool for admission: the capacity of every node in it, Ready or not, so a
+        node that flaps does not flap admissions; a deleted node does shrink the pool."""
+        return {name: sum(n.capacity_gpus for n in self.pool_nodes(p))
+                for name, p in self.pools.items()}
+
+    def pool_states(self, exclude_owner: str = "") -> dict[str, rv.PoolState]:
+        """Every pool as placement sees it for the ModelDeployment `exclude_owner`."""
+        out = {}
+        for name, pool in self.pools.items():
+            members = [(n.name, n.labels.get(ZONE_LABEL, ""),
+                        n.allocatable_gpus if n.schedulable else 0)
+                       for n in self.pool_nodes(pool)]
+            names = {m[0] for m in members}
+            out[name] = rv.PoolState(
+                name, pool.spec.gpu.memory_gib,
+                rv.node_states(members, (p for p in self.pods if p.node in names),
+                               exclude_owner=exclude_owner,
+                               protected_priority=co.RESERVED_PRIORITY),
+                pool.spec.price_per_gpu_hour, pool.spec.currency)
+        return out
+
+
+def _parse(model: type[Any], items: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any],
+                                                                        dict[str, str]]:
+    ok: dict[str, Any] = {}
+    bad: dict[str, str] = {}
+    for item in items:
+        name = item["metadata"]["name"]
+        try:
+            ok[name] = model.model_validate(item)
+        except ValidationError as err:
+            bad[name] = str(err)
+    return ok, bad
+
+
+def read(kube: Kube) -> Snapshot:
+    reservations, invalid = _parse(CapacityReservation, kube.iter("CapacityReservation"))
+    pools, _ = _parse(GPUPool, kube.iter("GPUPool"))
+    nodes = tuple(parse_node(n) for n in kube.iter("Node"))
+    pods = tuple(p for p in (parse_gpu_pod(raw) for raw in kube.iter(
+        "Pod", fields="status.phase!=Succeeded,status.phase!=Failed")) if p is not None)
+    namespaces = frozenset(n["metadata"]["name"] for n in kube.iter("Namespace"))
+    return Snapshot(reservations, invalid, pools, nodes, pods, namespaces)
+
+
+# ----------------------------------------------------------------------------- plan (pure)
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    views: Mapping[str, rv.ReservationView]
+    admissions: Mapping[str, rv.Admission]
+    usage: Mapping[str, rv.ReservationUsage]
+    quotas: Mapping[str, rv.NamespaceQuota]
+    committed: Mapping[str, int]  # pool -> GPUs of reservations in effect
+
+    def entitlement(self, md: ModelDeployment) -> rv.Entitlement:
+        return rv.entitlement(md.namespace, f"{md.namespace}/{md.name}", md.spec.reservation,
+                              self.views, self.admissions, self.usage)
+
+
+def plan(snapshot: Snapshot, now: datetime) -> CapacityPlan:
+    views = snapshot.views()
+    seq = list(views.values())
+    admissions = rv.admit(seq, snapshot.pool_capacity(), now)
+    usage = {name: rv.reservation_usage(v, snapshot.pods) for name, v in views.items()}
+    return CapacityPlan(
+        views=views, admissions=admissions, usage=usage,
+        quotas=rv.namespace_quotas(seq, admissions),
+        committed={p: rv.committed_gpus(seq, admissions, p) for p in snapshot.pools})
+
+
+def placement_for(md: ModelDeployment, snapshot: Snapshot, capacity: CapacityPlan
+                  ) -> rv.Placement:
+    """Where the ModelDeployment's desired replicas go, under its reservation."""
+    res = md.spec.resources
+    request = rv.PlacementRequest(md.spec.desired_replicas(), res.gpus_per_replica,
+                                  res.gpu_memory_gib, tuple(md.spec.placement.pools))
+    return rv.place(request, snapshot.pool_states(f"{md.namespace}/{md.name}"),
+                    capacity.entitlement(md))
+
+
+def reservation_status(cr: CapacityReservation, admission: rv.Admission,
+                       usage: rv.ReservationUsage, now: datetime) -> dict[str, Any]:
+    """The status the reservation should carry (wire names)."""
+    generation = int(cr.metadata.get("generation", 0) or 0)
+    in_effect = admission.active
+    headroom = max(cr.spec.gpus - usage.reserved_gpus, 0) if in_effect else 0
+    if admission.admitted and not in_effect:
+        active = c.Cond(ACTIVE, "False", admission.reason, admission.message)
+    elif in_effect:
+        active = c.Cond(ACTIVE, "True", "InWindow",
+                        f"{usage.reserved_gpus} of {cr.spec.gpus} reserved GPUs in use, "
+                        f"{usage.burst_gpus} burst GPUs borrowed")
+    else:
+        active = c.Cond(ACTIVE, "False", admission.reason, "not admitted")
+    admitted = c.Cond(ADMITTED, "True" if admission.admitted else "False", admission.reason,
+                      admission.message)
+    previous = cr.status.model_dump(by_alias=True, mode="json")["conditions"] if cr.status else []
+    return {
+        "observedGeneration": generation,
+        "admitted": admission.admitted,
+        "usedGPUs": usage.reserved_gpus,
+        "burstGPUs": usage.burst_gpus,
+        "headroomGPUs": headroom,
+        "message": admission.message,
+        "conditions": c.merge(previous, [admitted, active], generation, now),
+    }
+
+
+def _same_status(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    keys = ("observedGeneration", "admitted", "usedGPUs", "burstGPUs", "headroomGPUs", "message")
+    if any(old.get(k) != new.get(k) for k in keys):
+        return False
+    strip = ("lastTransitionTime",)
+
+    def conds(s: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in x.items() if k not in strip} for x in s.get("conditions") or []]
+    return conds(old) == conds(new)
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def _path(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return _KINDS[obj["kind"]].path(meta.get("namespace"), meta["name"])
+
+
+def apply(kube: Kube, obj: Mapping[str, Any]) -> None:
+    kube.request("PATCH", _path(obj), query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                 body=dict(obj), content_type="application/apply-patch+yaml")
+
+
+def ensure_cluster_objects(kube: Kube) -> None:
+    """The objects every tenant relies on, whatever the reservations: priority classes and the
+    read-only ClusterRole."""
+    for obj in [*co.priority_classes(), co.tenant_cluster_role()]:
+        apply(kube, obj)
+
+
+@dataclass
+class Outcome:
+    plan: CapacityPlan
+    snapshot: Snapshot
+    statuses_written: list[str] = field(default_factory=list)
+    quotas_deleted: list[str] = field(default_factory=list)
+
+
+def reconcile(kube: Kube, now: datetime, *, tenant_groups: Iterable[str] = ()) -> Outcome:
+    snapshot = read(kube)
+    capacity = plan(snapshot, now)
+    out = Outcome(capacity, snapshot)
+    ensure_cluster_objects(kube)
+    existing = {ns: q for ns, q in capacity.quotas.items() if ns in snapshot.namespaces}
+    for obj in co.tenant_objects({ns: (q.gpus, q.reservations) for ns, q in existing.items()},
+                                 tenant_groups):
+        apply(kube, obj)
+    # Quotas dedicap wrote in namespaces no reservation names any more.
+    selector = f"app.kubernetes.io/managed-by=dedicap,{co.COMPONENT_LABEL}=capacity"
+    for quota in kube.request("GET", "/api/v1/resourcequotas",
+                              query={"labelSelector": selector}).get("items", []):
+        ns = quota["metadata"]["namespace"]
+        if ns not in capacity.quotas:
+            for kind, name in ((RESOURCE_QUOTA, co.QUOTA_NAME), (ROLE_BINDING, co.TENANT_ROLE),
+                               (ROLE, co.TENANT_ROLE)):
+                try:
+                    kube.request("DELETE", kind.path(ns, name))
+                except KubeError as err:
+                    if not err.not_found:
+                        raise
+            out.quotas_deleted.append(ns)
+    for name, cr in sorted(snapshot.reservations.items()):
+        status = reservation_status(cr, capacity.admissions[name], capacity.usage[name], now)
+        old = cr.status.model_dump(by_alias=True, mode="json") if cr.status else {}
+        if _same_status(old, status):
+            continue
+        try:
+            kube.request("PATCH", RESERVATIONS.path(name=name, subresource="status"),
+                         query={"fieldManager": FIELD_MANAGER}, body={"status": status},
+                         content_type="application/merge-patch+json")
+            out.statuses_written.append(name)
+        except KubeError as err:
+            if not err.not_found:  # deleted meanwhile
+                raise
+    for name, error in snapshot.invalid_reservations.items():
+        log.warning("CapacityReservation %s cannot be read: %s", name, error)
+    return out
+
+
+# ----------------------------------------------------------------------------- kopf
+
+
+@dataclass
+class CapacityController:
+    """Runs the capacity reconcile from kopf handlers: one at a time, at most once per
+    `min_interval` seconds for timer ticks (every reservation's timer would otherwise repeat the
+    same cluster-wide work)."""
+
+    kube: Kube
+    tenant_groups: tuple[str, ...] = ()
+    min_interval: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    on_outcome: Callable[[Outcome], None] | None = None
+    last: Outcome | None = field(default=None, init=False)
+    _last_run: float = field(default=-1e18, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def run(self, *, force: bool) -> Outcome | None:
+        with self._lock:
+            if not force and self.clock() - self._last_run < self.min_interval:
+                return None
+            outcome = reconcile(self.kube, datetime.now(UTC), tenant_groups=self.tenant_groups)
+            self._last_run = self.clock()
+            self.last = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        return outcome
+
+
+def register(registry: kopf.OperatorRegistry, controller: CapacityController,
+             timer_interval: float = 15.0) -> None:
+    """Attach the capacity handlers to `registry`."""
+    resource = ("dedicap.dev", "v1alpha1", "capacityreservations")
+
+    @kopf.on.startup(registry=registry)
+    def capacity_startup(logger: kopf.Logger, **_: Any) -> None:
+        ensure_cluster_objects(controller.kube)
+        logger.info("capacity: priority classes and tenant ClusterRole applied")
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, registry=registry, field="spec")
+    def reservation_changed(name: str, logger: kopf.Logger, **_: Any) -> None:
+        outcome = controller.run(force=True)
+        if outcome is not None and name in outcome.plan.admissions:
+            a = outcome.plan.admissions[name]
+            (logger.info if a.admitted else logger.warning)(f"{a.reason}: {a.message}")
+
+    @kopf.on.delete(*resource, registry=registry, optional=True)
+    def reservation_deleted(**_: Any) -> None:
+        controller.run(force=True)
+
+    @kopf.timer(*resource, registry=registry, interval=timer_interval, sharp=False)
+    def reservation_timer(**_: Any) -> None:
+        controller.run(force=False)
