@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from dedicap_local import procs, prometheus, triton
+from dedicap_local import loadgen, procs, prometheus, triton
 
 pytestmark = pytest.mark.integration
 
@@ -151,23 +151,18 @@ def test_queue_timeout_counts_rejected(run_dir: Path) -> None:
 
 
 def test_latency_grows_with_load(run_dir: Path) -> None:
+    # 4 rows per 60 ms at best: about 67 req/s. Open-loop Poisson load below and above that.
     spec = triton.ModelSpec(name="replica", max_batch_size=4, base_ms=20, per_item_ms=10)
     handle = triton.start_triton(run_dir, "acme.replica", spec)
-
-    def timed(_: int) -> float:
-        t0 = time.perf_counter()
-        infer(handle)
-        return time.perf_counter() - t0
-
+    endpoints = loadgen.Endpoints([{"grpc": handle.grpc_address, "model": "replica"}])
     try:
-        light = [timed(i) for i in range(10)]
-        # 24 clients in a closed loop against a replica that serves 4 per 60 ms: the queue holds
-        # several batches and every request waits for them.
-        with ThreadPoolExecutor(24) as pool:
-            heavy = list(pool.map(timed, range(96)))
-        p95_light = float(np.percentile(light, 95))
-        p95_heavy = float(np.percentile(heavy, 95))
-        assert p95_light < 0.1, light
-        assert p95_heavy > 2 * p95_light, (p95_light, p95_heavy)
+        light = loadgen.run_profile(endpoints, [loadgen.Step(3, 10)], seed=1, timeout_s=20)
+        heavy = loadgen.run_profile(endpoints, [loadgen.Step(3, 120)], seed=2, timeout_s=20)
     finally:
         triton.stop_triton(run_dir, handle.name)
+    assert light.failed == 0 and heavy.failed == 0
+    p95_light = loadgen.percentile(light.latencies, 95)
+    p95_heavy = loadgen.percentile(heavy.latencies, 95)
+    assert p95_light < 0.15, light.summary()
+    # The queue grows by ~50 req/s for 3 s: the last requests wait for ~40 batches.
+    assert p95_heavy > 4 * p95_light, (light.summary(), heavy.summary())
