@@ -210,6 +210,7 @@ EXPECTED: dict[Signal, list[tuple[dict[str, str], float]]] = {
     Signal.MEAN_QUEUE_MS: [({}, 20.0)],  # (2*10 + 1*40) / 3
     Signal.MEAN_COMPUTE_MS: [({}, 30.0)],
     Signal.MEAN_BATCH_SIZE: [({}, 3.0)],  # (4 + 2) rows / (1 + 1) executions
+    Signal.MEAN_REQUEST_ROWS: [({}, 2.0)],  # (4 + 2) rows / (2 + 1) successful requests
     Signal.QUEUE_DEPTH: [({}, 4.0)],
     Signal.POD_QUANTILE_MS: [({"pod": "a"}, 80.0), ({"pod": "b"}, 120.0)],
     Signal.QUANTILE_MS: [({}, 120.0)],

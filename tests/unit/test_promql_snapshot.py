@@ -33,6 +33,7 @@ BUSY = [
     s(Signal.MEAN_QUEUE_MS, 20.0),
     s(Signal.MEAN_COMPUTE_MS, 30.0),
     s(Signal.MEAN_BATCH_SIZE, 3.0),
+    s(Signal.MEAN_REQUEST_ROWS, 2.0),
     s(Signal.QUEUE_DEPTH, 4.0),
     s(Signal.POD_QUANTILE_MS, 80.0, pod="a"),
     s(Signal.POD_QUANTILE_MS, 120.0, pod="b"),
@@ -53,7 +54,7 @@ def test_busy_modeldeployment() -> None:
     assert (snap.rejected_rate, snap.backend_failure_rate, snap.failure_rate) == (0.5, 0.25, 0.75)
     assert snap.error_ratio == pytest.approx(0.2)
     assert (snap.mean_latency_ms, snap.mean_queue_ms, snap.mean_compute_ms) == (70, 20, 30)
-    assert (snap.mean_batch_size, snap.queue_depth) == (3, 4)
+    assert (snap.mean_batch_size, snap.mean_request_rows, snap.queue_depth) == (3, 2, 4)
     assert snap.latency_quantile_ms == 120 and snap.pod_latency_quantile_ms == {"a": 80, "b": 120}
     assert snap.pod_request_rate == {"a": 2.5, "b": 1.25}
     assert (snap.pods_reporting, snap.pods_down) == (2, 0)

@@ -60,6 +60,7 @@ class Signal(StrEnum):
     MEAN_QUEUE_MS = "mean_queue_ms"
     MEAN_COMPUTE_MS = "mean_compute_ms"
     MEAN_BATCH_SIZE = "mean_batch_size"
+    MEAN_REQUEST_ROWS = "mean_request_rows"
     QUEUE_DEPTH = "queue_depth"
     POD_QUANTILE_MS = "pod_quantile_ms"  # by pod
     QUANTILE_MS = "quantile_ms"
@@ -178,6 +179,16 @@ def mean_batch_size(target: Target, window_s: float) -> str:
             f"sum({_rate(target, EXEC_COUNT, window)})")
 
 
+def mean_request_rows(target: Target, window_s: float) -> str:
+    """Mean rows per successful request: inferences / successes (1 for unbatched clients).
+
+    A batch of ``mean_batch_size`` rows holds ``mean_batch_size / mean_request_rows`` requests.
+    """
+    window = duration(window_s)
+    return (f"sum({_rate(target, INFERENCE_COUNT, window)}) / "
+            f"sum({_rate(target, SUCCESS, window)})")
+
+
 def queue_depth(target: Target) -> str:
     """Requests waiting in Triton's queues now, summed over pods."""
     return f"sum({target.selector(PENDING)})"
@@ -234,6 +245,7 @@ def signals(target: Target, window_s: float, percentile: float) -> dict[Signal, 
         Signal.MEAN_QUEUE_MS: mean_queue_ms(target, window_s),
         Signal.MEAN_COMPUTE_MS: mean_compute_ms(target, window_s),
         Signal.MEAN_BATCH_SIZE: mean_batch_size(target, window_s),
+        Signal.MEAN_REQUEST_ROWS: mean_request_rows(target, window_s),
         Signal.QUEUE_DEPTH: queue_depth(target),
         Signal.POD_QUANTILE_MS: pod_quantile_ms(target, percentile),
         Signal.QUANTILE_MS: quantile_ms(target, percentile),

@@ -58,7 +58,8 @@ class MetricsSnapshot:
     pod_request_rate: Mapping[str, float] = field(default_factory=dict)
     mean_queue_ms: float = math.nan
     mean_compute_ms: float = math.nan  # per request = of the batch it ran in
-    mean_batch_size: float = math.nan
+    mean_batch_size: float = math.nan  # rows per model execution
+    mean_request_rows: float = math.nan  # rows per successful request
     queue_depth: float = math.nan  # pending requests, summed over pods
     pods_reporting: int = 0
     pods_down: int = 0  # targets whose last scrape failed
@@ -154,6 +155,7 @@ def from_samples(samples: Iterable[Sample], base: MetricsSnapshot,
         mean_queue_ms=get(Signal.MEAN_QUEUE_MS),
         mean_compute_ms=get(Signal.MEAN_COMPUTE_MS),
         mean_batch_size=get(Signal.MEAN_BATCH_SIZE),
+        mean_request_rows=get(Signal.MEAN_REQUEST_ROWS),
         queue_depth=get(Signal.QUEUE_DEPTH),
         pods_reporting=int(pods) if math.isfinite(pods) else 0,
         # count() of nothing is an empty result: no target down.
