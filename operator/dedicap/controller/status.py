@@ -1,0 +1,228 @@
+"""A ModelDeployment's status from what exists: its Deployments and pods, the placement and any
+problem with the spec. Pure (the clock comes in as `now`), so every condition is unit-tested.
+
+The operator owns these status fields; others (the autoscaler's `observed`, `lastScale`,
+`cost.gpuHours`, conditions MetricsAvailable and SLOMet) are left untouched by its patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dedicap.api.models import GPUPoolSpec, ModelDeployment
+from dedicap.controller import conditions as c
+from dedicap.controller.observe import pod_gpus
+from dedicap.decide.placement import Placement
+from dedicap.decide.render import LABEL_POOL, selector_string
+
+# Container waiting reasons that mean "this will not get better by itself".
+STUCK_REASONS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError",
+                 "CreateContainerConfigError", "InvalidImageName")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the operator could not act on the spec: what to change."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    name: str
+    pool: str
+    spec_replicas: int
+    replicas: int
+    ready: int
+    updated: int
+    available: int
+    gpus_per_replica: int
+    complete: bool
+    deadline_exceeded: bool
+
+    @staticmethod
+    def of(raw: Mapping[str, Any]) -> DeploymentView:
+        meta = raw.get("metadata") or {}
+        spec = raw.get("spec") or {}
+        st = raw.get("status") or {}
+        want = int(spec.get("replicas", 1))
+        replicas = int(st.get("replicas", 0))
+        updated = int(st.get("updatedReplicas", 0))
+        available = int(st.get("availableReplicas", 0))
+        observed = int(st.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+        deadline = any(cd.get("type") == "Progressing" and cd.get("status") == "False"
+                       and cd.get("reason") == "ProgressDeadlineExceeded"
+                       for cd in st.get("conditions") or [])
+        pod_spec = ((spec.get("template") or {}).get("spec")) or {}
+        return DeploymentView(
+            name=meta.get("name", ""),
+            pool=(meta.get("labels") or {}).get(LABEL_POOL, ""),
+            spec_replicas=want,
+            replicas=replicas,
+            ready=int(st.get("readyReplicas", 0)),
+            updated=updated,
+            available=available,
+            gpus_per_replica=pod_gpus(pod_spec),
+            # What `kubectl rollout status` waits for.
+            complete=observed and updated == want and replicas == want and available == want,
+            deadline_exceeded=deadline,
+        )
+
+
+@dataclass(frozen=True)
+class PodProblems:
+    unschedulable: tuple[str, ...]  # scheduler messages
+    stuck: tuple[str, ...]  # "pod: reason: message"
+
+    @staticmethod
+    def of(pods: Sequence[Mapping[str, Any]]) -> PodProblems:
+        unschedulable: list[str] = []
+        stuck: list[str] = []
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            name = pod["metadata"]["name"]
+            if (pod.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            status = pod.get("status") or {}
+            for cond in status.get("conditions") or []:
+                if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
+                        and cond.get("reason") == "Unschedulable"):
+                    unschedulable.append(f"{name}: {cond.get('message', '')}".strip())
+            for cs in status.get("containerStatuses") or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in STUCK_REASONS:
+                    stuck.append(f"{name}: {waiting['reason']}: {waiting.get('message', '')}"
+                                 .rstrip(": "))
+        return PodProblems(tuple(unschedulable), tuple(stuck))
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Owned status fields (wire names) and the operator's conditions."""
+
+    fields: dict[str, Any]
+    conditions: list[c.Cond]
+
+
+def _limit(items: Sequence[str], n: int = 3) -> str:
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return "; ".join(items[:n]) + more
+
+
+def compute(md: ModelDeployment, placement: Placement | None, problem: Problem | None,
+            deployments: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]],
+            pools: Mapping[str, GPUPoolSpec], waiting_to_delete: Sequence[str] = ()
+            ) -> StatusReport:
+    views = sorted((DeploymentView.of(d) for d in deployments), key=lambda v: v.name)
+    placed_pools = set(placement.pools) if placement else set()
+    current = [v for v in views if v.pool in placed_pools]
+    wanted = placement.wanted if placement else md.spec.desired_replicas()
+    replicas = sum(v.replicas for v in views)
+    ready = sum(v.ready for v in views)
+    updated = sum(v.updated for v in current)
+    pod_problems = PodProblems.of(pods)
+
+    placement_status = []
+    for v in views:
+        placement_status.append({
+            "pool": v.pool,
+            "replicas": placement.replicas_on(v.pool) if placement else v.spec_replicas,
+            "currentReplicas": v.replicas,
+            "readyReplicas": v.ready,
+            "gpus": v.replicas * v.gpus_per_replica,
+        })
+    gpus = sum(v.replicas * v.gpus_per_replica for v in views)
+    prices = {name: spec.price_per_gpu_hour for name, spec in pools.items()}
+    hourly = sum(v.replicas * v.gpus_per_replica * prices.get(v.pool, 0.0) for v in views)
+    currencies = {pools[v.pool].currency for v in views if v.pool in pools}
+    in_use = [a.pool for a in placement.assignments if a.replicas] if placement else []
+    fields: dict[str, Any] = {
+        "observedGeneration": md.generation,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "desiredReplicas": wanted,
+        "selector": selector_string(md.name),
+        "pools": ",".join(in_use or sorted({v.pool for v in views if v.replicas})),
+        "placement": placement_status,
+        "cost": {"gpus": gpus, "hourlyCost": round(hourly, 6),
+                 **({"currency": currencies.pop()} if len(currencies) == 1 else {})},
+    }
+
+    conds: list[c.Cond] = []
+    deadline = [v.name for v in views if v.deadline_exceeded]
+    rolling = [v.name for v in current if not v.complete]
+    unplaced = placement.unplaced if placement else 0
+
+    # Ready: every wanted replica is placed and ready.
+    if problem is not None:
+        conds.append(c.Cond(c.READY, "False", problem.reason, problem.message))
+    elif unplaced > 0:
+        conds.append(c.Cond(c.READY, "False", "InsufficientCapacity",
+                            f"{ready}/{wanted} replicas ready; {placement.explain()}"
+                            if placement else ""))
+    elif wanted == 0 and replicas == 0:
+        conds.append(c.Cond(c.READY, "True", "ScaledToZero", "spec.replicas is 0"))
+    elif ready >= wanted and not waiting_to_delete:
+        where = ", ".join(f"{v.ready} on {v.pool}" for v in current if v.ready)
+        conds.append(c.Cond(c.READY, "True", "ReplicasReady",
+                            f"{ready}/{wanted} replicas ready ({where})"))
+    else:
+        conds.append(c.Cond(c.READY, "False", "ReplicasNotReady",
+                            f"{ready}/{wanted} replicas ready"
+                            + (f"; waiting for {_limit(list(waiting_to_delete))} to be replaced"
+                               if waiting_to_delete else "")))
+
+    # Progressing: the children are moving towards the spec.
+    if problem is not None:
+        conds.append(c.Cond(c.PROGRESSING, "False", problem.reason, problem.message))
+    elif deadline:
+        conds.append(c.Cond(c.PROGRESSING, "False", "ProgressDeadlineExceeded",
+                            f"no progress within the deadline: {', '.join(deadline)}"))
+    elif waiting_to_delete:
+        conds.append(c.Cond(c.PROGRESSING, "True", "MovingPools", (
+            f"replicas move to {', '.join(in_use) or 'other pools'}; "
+            f"{', '.join(waiting_to_delete)} is deleted once they are ready")))
+    elif rolling:
+        conds.append(c.Cond(c.PROGRESSING, "True", "RollingOut",
+                            f"{updated}/{wanted} replicas updated, {ready} ready "
+                            f"({', '.join(rolling)})"))
+    else:
+        conds.append(c.Cond(c.PROGRESSING, "False", "RolloutComplete",
+                            f"{updated}/{wanted} replicas run the current spec"))
+
+    # Degraded: something needs a human.
+    if problem is not None:
+        conds.append(c.Cond(c.DEGRADED, "True", problem.reason, problem.message))
+    elif pod_problems.stuck:
+        conds.append(c.Cond(c.DEGRADED, "True", "ReplicasFailing", _limit(pod_problems.stuck)))
+    elif deadline:
+        conds.append(c.Cond(c.DEGRADED, "True", "ProgressDeadlineExceeded", (
+            f"{', '.join(deadline)} made no progress: check the image, the model repository "
+            "and spec.triton.startupTimeoutSeconds")))
+    else:
+        conds.append(c.Cond(c.DEGRADED, "False", "AsExpected", "no problem seen"))
+
+    # CapacityConstrained: the pools cannot hold what is wanted.
+    if placement is not None and unplaced > 0:
+        conds.append(c.Cond(c.CAPACITY_CONSTRAINED, "True", "InsufficientGPUs", (
+            f"{placement.explain()}; free GPUs, add pools to spec.placement.pools or lower "
+            "spec.replicas")))
+    elif pod_problems.unschedulable:
+        conds.append(c.Cond(c.CAPACITY_CONSTRAINED, "True", "Unschedulable",
+                            _limit(pod_problems.unschedulable)))
+    elif problem is not None and placement is not None and not placement.eligible:
+        conds.append(c.Cond(c.CAPACITY_CONSTRAINED, "True", problem.reason, problem.message))
+    else:
+        conds.append(c.Cond(c.CAPACITY_CONSTRAINED, "False", "Placed",
+                            f"{wanted} replica(s) placed" if wanted else "nothing to place"))
+    return StatusReport(fields, conds)
+
+
+def no_eligible_pool(placement: Placement) -> Problem:
+    details = "; ".join(f"{v.pool}: {v.message}" for v in placement.verdicts)
+    reasons = {v.reason for v in placement.verdicts}
+    reason = reasons.pop() if len(reasons) == 1 else "NoEligiblePool"
+    return Problem(reason, f"no pool in spec.placement.pools can run a replica ({details})")
