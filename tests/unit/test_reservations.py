@@ -271,3 +271,24 @@ def test_hourly_cost_uses_each_pools_price() -> None:
     eur = PoolState("eu", 80, (), 2.0, "EUR")
     assert hourly_cost({"h100": 1, "eu": 1}, {**pools, "eu": eur})[1] is None
     assert hourly_cost({}, pools) == (0.0, None)
+
+
+def test_accountant_integrates_per_deployment_and_pool_and_resumes_from_status() -> None:
+    from dedicap.controller.accounting import Accountant
+
+    pools = {"h100": H100, "a10g": A10G}
+    acc = Accountant()
+    acc.observe("acme", "chat", {"h100": 4}, pools, NOW)
+    r = acc.observe("acme", "chat", {"h100": 4, "a10g": 2}, pools, NOW + timedelta(hours=1))
+    assert r.gpu_hours == 4.0 and r.gpus == 6 and r.hourly_cost == 4 * 2.5 + 2 * 0.75
+    r = acc.observe("acme", "chat", {"a10g": 2}, pools, NOW + timedelta(hours=2))
+    assert r.gpu_hours == 10.0 and r.by_pool["h100"].gpu_hours == 8.0
+    assert r.by_pool["a10g"].gpu_hours == 2.0 and r.since == NOW
+    assert r.status()["since"] == "2025-03-01T12:00:00Z"
+    # A new operator process continues from the status it finds, charging nothing for the gap.
+    fresh = Accountant()
+    r2 = fresh.observe("acme", "chat", {"a10g": 2}, pools, NOW + timedelta(hours=5),
+                       previous_cost=r.status())
+    assert r2.gpu_hours == 10.0 and r2.since == NOW
+    r2 = fresh.observe("acme", "chat", {"a10g": 2}, pools, NOW + timedelta(hours=6))
+    assert r2.gpu_hours == 12.0
