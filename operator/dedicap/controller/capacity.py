@@ -321,27 +321,41 @@ class CapacityController:
 
 def register(registry: kopf.OperatorRegistry, controller: CapacityController,
              timer_interval: float = 15.0) -> None:
-    """Attach the capacity handlers to `registry`."""
-    resource = ("dedicap.dev", "v1alpha1", "capacityreservations")
+    """Attach the capacity handlers to `registry`.
 
-    @kopf.on.startup(registry=registry)
+    Like the ModelDeployment handlers, only watch events and timers: reservations get no
+    finalizer and no progress annotations (deleting one works with the operator down). The timer
+    hangs on the GPUPools, which carry the operator's timer finalizer already.
+    """
+    generations: dict[str, int] = {}
+    lock = threading.Lock()
+
+    @kopf.on.startup(registry=registry, id="capacity-objects")
     def capacity_startup(logger: kopf.Logger, **_: Any) -> None:
         ensure_cluster_objects(controller.kube)
         logger.info("capacity: priority classes and tenant ClusterRole applied")
 
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, registry=registry, field="spec")
-    def reservation_changed(name: str, logger: kopf.Logger, **_: Any) -> None:
-        outcome = controller.run(force=True)
-        if outcome is not None and name in outcome.plan.admissions:
+    @kopf.on.event("dedicap.dev", "v1alpha1", "capacityreservations", registry=registry,
+                   id="capacityreservation")
+    def reservation_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        name = body.metadata.name or ""
+        generation = int(body.metadata.get("generation", 0))
+        with lock:
+            changed = True
+            if type == "DELETED":
+                generations.pop(name, None)
+            else:
+                changed = generations.get(name) != generation
+                generations[name] = generation
+        # A new, changed or deleted reservation is decided at once; its own status writes (and
+        # the initial listing of many reservations) coalesce into one run per interval.
+        outcome = controller.run(force=changed)
+        if outcome is not None and changed and name in outcome.plan.admissions:
             a = outcome.plan.admissions[name]
-            (logger.info if a.admitted else logger.warning)(f"{a.reason}: {a.message}")
+            log.log(logging.INFO if a.admitted else logging.WARNING,
+                    "CapacityReservation %s: %s: %s", name, a.reason, a.message)
 
-    @kopf.on.delete(*resource, registry=registry, optional=True)
-    def reservation_deleted(**_: Any) -> None:
-        controller.run(force=True)
-
-    @kopf.timer(*resource, registry=registry, interval=timer_interval, sharp=False)
-    def reservation_timer(**_: Any) -> None:
+    @kopf.timer("dedicap.dev", "v1alpha1", "gpupools", registry=registry, id="capacity",
+                interval=timer_interval, sharp=False)
+    def capacity_timer(**_: Any) -> None:
         controller.run(force=False)
