@@ -1,0 +1,407 @@
+"""The SLO autoscaling policy: how many replicas a ModelDeployment needs now.
+
+``decide(config, window, state, now, replica_limit=None) -> Decision`` is a pure, deterministic
+function: no I/O, no clock (``now`` is passed in), no randomness. The operator calls it every
+evaluation interval with what it read from Prometheus; the simulator calls the very same
+function with what a simulated Prometheus would have scraped.
+
+Inputs
+  ``PolicyConfig`` (from ``spec.autoscaling``): min/max replicas, the latency SLO (percentile,
+  target ms) and the error-ratio SLO, the scale-up/scale-down behaviour (stabilization windows,
+  step limits per period), the evaluation interval, the start-up delay estimate and the
+  model's max batch size when known.
+  ``ObservationWindow``: Triton's signals over the last window (rates are per second): request
+  rate, successes, failures by reason (``REJECTED``: the queue timed out, a capacity problem;
+  ``BACKEND``: the model failed, which replicas cannot fix), mean latency, the latency at the SLO
+  percentile (the max of the per-pod summaries, since summaries cannot be averaged; NaN when
+  idle), queue depth, mean queue and compute time, mean batch size, ready and starting
+  replicas, the replicas currently asked for, and the timestamp of the newest sample.
+  ``PolicyState``: what must survive between evaluations (JSON round-trip via ``to_dict`` /
+  ``from_dict``, stored in the resource's status so a restarted operator converges).
+  ``replica_limit``: the most replicas the reservation's headroom allows right now.
+
+Output
+  ``Decision``: the desired replica count, the direction, a human-readable reason, the new
+  state, and the figures behind it (demand, forecast, capacity per replica).
+
+Algorithm
+  1. Freshness. Missing or stale data (no sample, or older than ``staleness_s``, or a NaN
+     rate) -> hold the current count (raised to min, lowered only to a hard limit). Never scale
+     down blind.
+  2. Capacity per replica at the SLO, learned (``policy_capacity.py``): a decayed fit of batch compute
+     time vs batch size gives the saturated throughput at the largest batch that keeps the
+     latency target, times a knee utilization, times a feedback gain (lowered on capacity
+     breaches, raised slowly while latency stays low at high load).
+  3. Demand: the offered rate (successes + all failures, so rejected requests count as unmet
+     demand), its Holt forecast one start-up delay plus one evaluation ahead (a replica asked
+     for now serves only after start-up), the backlog in the queues to drain, and a decayed
+     memory of recent peaks that fades over ``burst_memory_s`` when traffic jumps faster than
+     a replica can start.
+  4. Replicas = ceil(demand / capacity). On a capacity breach (latency over target or
+     REJECTED over the error budget) with nothing already starting, at least one more.
+     BACKEND failures are reported, never scaled for.
+  5. Behaviour: scale up at once (step limit per period); scale down only on fresh, healthy
+     data, to the highest recommendation of the stabilization window, within the step limit.
+  6. Clamp to [min, max] and to the reservation limit (the limit wins over min).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from dedicap.decide.policy_capacity import BatchFit, slo_batch_capacity
+from dedicap.decide.forecast import HoltState, holt_forecast, holt_update
+
+Direction = Literal["up", "down", "hold"]
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """How fast the replica count may move (the HPA's ``behavior``, same meaning)."""
+
+    scale_up_stabilization_s: float = 0.0
+    scale_up_max_percent: float = 100.0  # per period, of the count at the start of the period
+    scale_up_max_replicas: int = 4  # per period; the larger of the two limits applies
+    scale_up_period_s: float = 15.0
+    scale_down_stabilization_s: float = 180.0
+    scale_down_max_percent: float = 20.0
+    scale_down_max_replicas: int = 1
+    scale_down_period_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    min_replicas: int = 1
+    max_replicas: int = 10
+    latency_percentile: float = 95.0
+    latency_target_ms: float = 200.0
+    error_rate_max: float = 0.001
+    behavior: Behavior = field(default_factory=Behavior)
+    evaluation_interval_s: float = 15.0
+    startup_delay_s: float = 60.0
+    staleness_s: float = 90.0  # samples older than this are stale
+    max_batch_size: int | None = None  # the model's Triton max_batch_size when known
+    max_queue_delay_ms: float = 2.0  # the dynamic batcher's max_queue_delay
+    # Fraction of the saturated throughput at the SLO to plan for: the knee of a batching
+    # replica's latency curve under random arrivals.
+    utilization: float = 0.9
+    capacity_hint_rps: float | None = None  # a prior per replica before anything is measured
+    forecast_level_tau_s: float = 30.0
+    forecast_trend_tau_s: float = 180.0
+    capacity_half_life_s: float = 3600.0
+    burst_memory_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class ObservationWindow:
+    """Triton's signals for one ModelDeployment over the last window (rates per second)."""
+
+    timestamp: float | None  # time of the newest sample; None when nothing was read
+    window_s: float = 60.0
+    request_rate: float = math.nan  # offered: successes + failures
+    success_rate: float = math.nan
+    rejected_rate: float = 0.0  # failures with reason REJECTED (queue timeout / full)
+    backend_failure_rate: float = 0.0  # failures with reason BACKEND (model errors)
+    mean_latency_ms: float = math.nan
+    latency_quantile_ms: float = math.nan  # at the SLO percentile, max over pods
+    queue_depth: float = math.nan  # pending requests, summed over pods
+    mean_queue_ms: float = math.nan
+    mean_compute_ms: float = math.nan  # per request = per batch
+    mean_batch_size: float = math.nan
+    ready_replicas: int = 0
+    starting_replicas: int = 0
+    current_replicas: int = 0  # the count asked for now (spec.replicas)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What survives between evaluations; ``to_dict``/``from_dict`` round-trip through JSON."""
+
+    holt: HoltState | None = None
+    fit: BatchFit = field(default_factory=BatchFit)
+    gain: float = 1.0
+    peak: float = 0.0  # decayed peak of offered rate (burst memory)
+    jumpiness: float = 0.0  # decayed largest rise within one start-up delay, relative
+    peak_t: float | None = None
+    saturated_rps: float = 0.0  # per-replica throughput measured while queues overflowed
+    saturated_t: float | None = None
+    since: float | None = None  # first evaluation with fresh data
+    recommendations: tuple[tuple[float, int], ...] = ()
+    history: tuple[tuple[float, int], ...] = ()  # (time, desired) for step limits
+    last_eval: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recommendations"] = [list(x) for x in self.recommendations]
+        d["history"] = [list(x) for x in self.history]
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any] | None) -> PolicyState:
+        if not d:
+            return PolicyState()
+        holt = d.get("holt")
+        return PolicyState(
+            holt=HoltState(**holt) if holt else None,
+            fit=BatchFit(**d.get("fit", {})),
+            gain=float(d.get("gain", 1.0)),
+            peak=float(d.get("peak", 0.0)),
+            jumpiness=float(d.get("jumpiness", 0.0)),
+            peak_t=d.get("peak_t"),
+            saturated_rps=float(d.get("saturated_rps", 0.0)),
+            saturated_t=d.get("saturated_t"),
+            since=d.get("since"),
+            recommendations=tuple((float(t), int(n)) for t, n in d.get("recommendations", [])),
+            history=tuple((float(t), int(n)) for t, n in d.get("history", [])),
+            last_eval=d.get("last_eval"),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    direction: Direction
+    reason: str
+    state: PolicyState
+    demand_rps: float = math.nan
+    forecast_rps: float = math.nan
+    capacity_rps: float = math.nan  # per replica, at the SLO
+    limited_by: str | None = None
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _limits(config: PolicyConfig, replica_limit: int | None) -> tuple[int, int]:
+    hi = config.max_replicas if replica_limit is None else min(config.max_replicas, replica_limit)
+    hi = max(hi, 0)
+    lo = min(max(config.min_replicas, 0), hi)
+    return lo, hi
+
+
+def _offered(window: ObservationWindow) -> float:
+    if _finite(window.request_rate):
+        return max(window.request_rate, 0.0)
+    parts = [window.success_rate, window.rejected_rate, window.backend_failure_rate]
+    if all(_finite(p) for p in parts):
+        return max(sum(parts), 0.0)
+    return math.nan
+
+
+def capacity_per_replica(
+    config: PolicyConfig, state: PolicyState, now: float | None = None
+) -> float | None:
+    """Requests/s one replica serves within the SLO, as learned so far (None: unknown)."""
+    coef = state.fit.coefficients()
+    if coef is None:
+        return config.capacity_hint_rps
+    s0, s1 = coef
+    sat = slo_batch_capacity(
+        s0, s1, config.max_batch_size, config.latency_target_ms / 1000.0,
+        config.max_queue_delay_ms / 1000.0, state.fit.max_batch_seen,
+    )
+    if _saturation_valid(config, state, now):
+        # a throughput measured with overflowing queues is the saturated capacity itself,
+        # better than the fit's extrapolation; it applies where the SLO allows full batches
+        full = slo_batch_capacity(s0, s1, config.max_batch_size, math.inf, 0.0,
+                                  state.fit.max_batch_seen)
+        if sat >= full - 1e-9:
+            sat = state.saturated_rps
+    return max(sat * config.utilization * state.gain, 1e-6)
+
+
+def _saturation_valid(config: PolicyConfig, state: PolicyState, now: float | None) -> bool:
+    if state.saturated_rps <= 0.0 or state.saturated_t is None:
+        return False
+    age = 0.0 if now is None else max(now - state.saturated_t, 0.0)
+    return age <= 2.0 * config.capacity_half_life_s
+
+
+def _hold(
+    config: PolicyConfig, window: ObservationWindow, state: PolicyState, now: float,
+    replica_limit: int | None, why: str,
+) -> Decision:
+    lo, hi = _limits(config, replica_limit)
+    current = window.current_replicas
+    desired = min(max(current, lo), hi)
+    direction: Direction = "up" if desired > current else "down" if desired < current else "hold"
+    reason = why
+    if desired != current:
+        reason += f"; {'raised to the minimum' if desired > current else 'lowered to the limit'}"
+    history = _trim((*state.history, (now, desired)), now, _history_span(config))
+    return Decision(
+        replicas=desired, direction=direction, reason=reason,
+        state=replace(state, history=history, last_eval=now),
+        limited_by="stale" if desired == current else ("min" if desired > current else "max"),
+    )
+
+
+def _history_span(config: PolicyConfig) -> float:
+    b = config.behavior
+    return max(b.scale_up_period_s, b.scale_down_period_s, b.scale_down_stabilization_s,
+               b.scale_up_stabilization_s, 1.0)
+
+
+def _trim(
+    items: tuple[tuple[float, int], ...], now: float, span: float
+) -> tuple[tuple[float, int], ...]:
+    return tuple((t, n) for t, n in items if now - t <= span + 1e-9)
+
+
+def decide(
+    config: PolicyConfig,
+    window: ObservationWindow,
+    state: PolicyState,
+    now: float,
+    replica_limit: int | None = None,
+) -> Decision:
+    """The desired replica count for one evaluation (see the module docstring)."""
+    current = max(window.current_replicas, 0)
+    lo, hi = _limits(config, replica_limit)
+    offered = _offered(window)
+
+    # 1. Freshness: without fresh data, hold.
+    if window.timestamp is None:
+        return _hold(config, window, state, now, replica_limit, "no metrics: holding")
+    age = now - window.timestamp
+    if age > config.staleness_s:
+        return _hold(config, window, state, now, replica_limit,
+                     f"metrics stale ({age:.0f}s old): holding")
+    if not _finite(offered):
+        return _hold(config, window, state, now, replica_limit, "request rate missing: holding")
+
+    ready = max(window.ready_replicas, 0)
+    starting = max(window.starting_replicas, 0)
+    target_ms = config.latency_target_ms
+    lat = window.latency_quantile_ms
+    latency_breach = _finite(lat) and lat > target_ms
+    rejected_ratio = (window.rejected_rate / offered) if offered > 0 else 0.0
+    backend_ratio = (window.backend_failure_rate / offered) if offered > 0 else 0.0
+    reject_breach = rejected_ratio > config.error_rate_max
+    breach = latency_breach or reject_breach
+
+    # 2. Learn the batch curve (and the saturated throughput) from this window.
+    since = state.since if state.since is not None else now
+    fit = state.fit
+    b, comp = window.mean_batch_size, window.mean_compute_ms
+    served = window.success_rate if _finite(window.success_rate) else offered
+    if _finite(b) and _finite(comp) and b >= 1.0 and comp > 0.0 and served > 0.0:
+        weight = min(1.0, served * window.window_s / 1000.0)  # few requests: a noisy point
+        fit = fit.add(b, comp / 1000.0, weight, now, config.capacity_half_life_s)
+    sat_rps, sat_t = state.saturated_rps, state.saturated_t
+    queue_now = window.queue_depth if _finite(window.queue_depth) else 0.0
+    batch_cap = config.max_batch_size or max(2.0 * (b if _finite(b) else 1.0), 2.0)
+    steady = all(n == current for t, n in state.history if now - t <= window.window_s + 1e-9)
+    if (ready > 0 and starting == 0 and steady and queue_now > ready * batch_cap
+            and _finite(window.success_rate) and window.success_rate > 0):
+        measured = window.success_rate / ready
+        previous = sat_rps if _saturation_valid(config, state, now) else 0.0
+        sat_rps, sat_t = max(previous, measured), now
+    state = replace(state, fit=fit, saturated_rps=sat_rps, saturated_t=sat_t, since=since)
+    cap = capacity_per_replica(config, state, now)
+    per_replica = offered / ready if ready > 0 else math.nan
+    gain = state.gain
+    if cap is not None and _finite(per_replica):
+        load = per_replica / cap
+        if breach and 0.5 <= load <= 1.0 and starting == 0:
+            # the latency broke while the load was within what we believed a replica serves:
+            # we believed too much
+            gain = max(0.5, gain * 0.9)
+        elif (not breach and _finite(lat) and lat < 0.6 * target_ms and load >= 0.85
+              and rejected_ratio == 0.0):
+            gain = min(1.0, gain * 1.01)
+    state = replace(state, gain=gain)
+    cap = capacity_per_replica(config, state, now)
+
+    # 3. Demand: now, forecast one start-up ahead, backlog, burst memory.
+    holt = holt_update(state.holt, offered, now, config.forecast_level_tau_s,
+                       config.forecast_trend_tau_s)
+    horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
+    forecast = holt_forecast(holt, horizon)
+    demand = max(offered, forecast)
+    if breach and queue_now > ready * batch_cap:
+        # drain what waits in the queues within one evaluation interval
+        demand += queue_now / max(config.evaluation_interval_s, 1.0)
+    peak = state.peak
+    if state.peak_t is not None:
+        peak *= 0.5 ** (max(now - state.peak_t, 0.0) / max(config.burst_memory_s, 1.0))
+    peak = max(peak, offered)
+    state = replace(state, holt=holt, peak=peak, peak_t=now)
+
+    # 4. Replicas for the demand.
+    if cap is None or cap <= 0:
+        # nothing learned yet and no hint: the current count is the only safe assumption,
+        # plus one on a breach.
+        need = current + (1 if breach and starting == 0 else 0)
+        why = "capacity not yet measured"
+    else:
+        need = math.ceil(demand / cap - 1e-9) if demand > 0 else 0
+        why = (f"demand {demand:.0f} req/s (now {offered:.0f}, forecast {forecast:.0f}) "
+               f"/ {cap:.0f} req/s per replica")
+    # the summary quantile looks back a whole window: a breach counts only while the queues
+    # are still deep (or requests are being rejected), not after the backlog has drained
+    breach_now = reject_breach or (latency_breach and queue_now > ready * batch_cap)
+    if breach_now and starting == 0 and need <= ready:
+        need = ready + max(1, math.ceil(0.1 * ready))
+        why += "; capacity breach with nothing starting: one step up"
+    if backend_ratio > config.error_rate_max:
+        why += f"; BACKEND failures {backend_ratio:.2%} (model errors: replicas cannot fix them)"
+    if latency_breach:
+        why += f"; p{config.latency_percentile:g} {lat:.0f}ms > {target_ms:.0f}ms"
+    if reject_breach:
+        why += f"; REJECTED {rejected_ratio:.2%}"
+    need = min(max(need, lo), hi)
+
+    # 5. Behaviour: stabilization windows and step limits.
+    beh = config.behavior
+    recs = _trim((*state.recommendations, (now, need)), now, _history_span(config))
+    history = state.history
+    limited_by: str | None = None
+    desired = need
+    if need > current:
+        up_window = [n for t, n in recs if now - t <= beh.scale_up_stabilization_s + 1e-9]
+        desired = min(up_window) if up_window else need
+        desired = max(desired, current)
+        base_hist = [n for t, n in history if now - t <= beh.scale_up_period_s + 1e-9]
+        base = min([*base_hist, current])
+        step_cap = base + max(beh.scale_up_max_replicas,
+                              math.ceil(base * beh.scale_up_max_percent / 100.0))
+        if desired > step_cap:
+            desired, limited_by = max(step_cap, current), "scale-up step limit"
+    elif need < current:
+        healthy = not breach and not (_finite(lat) and lat > 0.8 * target_ms)
+        if not healthy:
+            desired, limited_by = current, "latency near target: no scale-down"
+        elif now - since < beh.scale_down_stabilization_s:
+            desired, limited_by = current, "observing for one stabilization window first"
+        else:
+            down_window = [n for t, n in recs if now - t <= beh.scale_down_stabilization_s + 1e-9]
+            desired = min(max(down_window) if down_window else need, current)
+            if desired < current:
+                base_hist = [n for t, n in history if now - t <= beh.scale_down_period_s + 1e-9]
+                base = max([*base_hist, current])
+                step = max(beh.scale_down_max_replicas,
+                           math.floor(base * beh.scale_down_max_percent / 100.0))
+                floor = base - step
+                if desired < floor:
+                    desired, limited_by = min(floor, current), "scale-down step limit"
+            elif need < current:
+                limited_by = "scale-down stabilization"
+    # 6. Hard limits (the reservation wins over everything).
+    desired = min(max(desired, lo), hi)
+    if desired == hi and need >= hi and hi < config.max_replicas:
+        limited_by = "reservation limit"
+    elif desired == hi and need >= hi:
+        limited_by = limited_by or "max replicas"
+    direction: Direction = "up" if desired > current else "down" if desired < current else "hold"
+    history = _trim((*history, (now, desired)), now, _history_span(config))
+    state = replace(state, recommendations=recs, history=history, last_eval=now)
+    return Decision(
+        replicas=desired, direction=direction,
+        reason=why + (f" [{limited_by}]" if limited_by else ""),
+        state=state, demand_rps=demand, forecast_rps=forecast,
+        capacity_rps=cap if cap is not None else math.nan, limited_by=limited_by,
+    )

@@ -1,0 +1,116 @@
+"""`dedicap plan` and the benchmark's --quick smoke run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dedicap.sim import plan
+
+
+def azure_like(path: Path, minutes: int = 20, rps: float = 5.0, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    n = int(minutes * 60 * rps)
+    t = np.sort(rng.uniform(0, minutes * 60.0, n))
+    base = np.datetime64("2023-11-16T18:15:46.000000000")
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for x in t:
+        stamp = str(base + np.timedelta64(int(x * 1e9), "ns")).replace("T", " ")[:27]
+        lines.append(f"{stamp},{int(rng.integers(50, 2000))},{int(rng.integers(1, 300))}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def servegen_like(path: Path, days: int = 2) -> Path:
+    rows = ["window_start_s,window_s,sum_rate_rps_over_clients,n_client_files"]
+    for i in range(days * 144):
+        rate = 1500 + 800 * np.sin(2 * np.pi * i / 144)
+        rows.append(f"{i * 600},600,{0.0 if i == 100 else rate:.3f},100")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_parse_slo_and_pool() -> None:
+    assert plan.parse_slo("p95=200ms") == (95.0, 200.0)
+    assert plan.parse_slo("p99.9=1.5s") == (99.9, 1500.0)
+    with pytest.raises(argparse.ArgumentTypeError):
+        plan.parse_slo("95=200")
+    assert plan.parse_pool("h100=2.5@0.8") == plan.Pool("h100", 2.5, 0.8)
+    with pytest.raises(argparse.ArgumentTypeError):
+        plan.parse_pool("h100")
+
+
+def test_plan_json_recommends_the_cheaper_pool(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = azure_like(tmp_path / "reqs.csv")
+    png = tmp_path / "plan.png"
+    rc = plan.main(["--trace", str(trace), "--scale", "400", "--slo", "p95=100ms",
+                    "--attainment", "0.9", "--pool", "fast=2.5", "--pool", "slow=1.0@0.5",
+                    "--json", "--plot", str(png)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trace"]["requests"] == pytest.approx(20 * 60 * 5 * 400, rel=0.05)
+    pools = {p["pool"]: p for p in out["pools"]}
+    assert set(pools) == {"fast", "slow"}
+    fast = pools["fast"]
+    assert 0.0 <= fast["autoscaled"]["attainment"] <= 1.0
+    assert fast["autoscaled"]["gpu_hours"] > 0
+    res = fast["reservation"]
+    assert res["attainment"] >= 0.9
+    # 2,000 req/s needs at least three replicas of ~770 req/s
+    assert res["gpus"] >= 3
+    rec = out["recommendation"]
+    assert rec["pool"] in pools
+    assert rec["reserved_cost"] == min(p["reservation"]["reserved_cost"] for p in pools.values()
+                                       if p["reservation"])
+    assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_plan_text_on_window_rates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = servegen_like(tmp_path / "sg.csv")
+    rc = plan.main(["--trace", str(trace), "--window-rates", "--minutes", "300",
+                    "--slo", "p95=100ms", "--no-search"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "SLO-minutes" in text and "GPU-h" in text
+
+
+def test_plan_reports_unreadable_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("nothing,here\n1,2\n")
+    assert plan.main(["--trace", str(bad), "--json"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_benchmark_quick_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    azure_like(traces / "AzureLLMInferenceTrace_conv.csv", minutes=20)
+    servegen_like(traces / "servegen_m-mid_rate_10min.csv")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "autoscaler.py"
+    spec = importlib.util.spec_from_file_location("autoscaler_bench", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["autoscaler_bench"] = mod
+    spec.loader.exec_module(mod)
+    out = tmp_path / "out"
+    rc = mod.main(["--quick", "--traces", str(traces), "--out", str(out), "--workers", "1"])
+    assert rc == 0
+    text = (out / "autoscaler-quick.md").read_text()
+    assert "oracle with start-up" in text and "lower bound" in text and "dedicap" in text
+    data = json.loads((out / "autoscaler-quick.json").read_text())
+    fams = {r["family"] for r in data["runs"]}
+    assert {"dedicap", "hpa", "keda", "kpa", "static", "oracle", "lower"} <= fams
+    for r in data["runs"]:
+        assert r["minutes_scored"] > 0 and r["gpu_hours"] > 0
+    lower = [r for r in data["runs"] if r["family"] == "lower"]
+    oracle = {r["scenario"]: r for r in data["runs"] if r["family"] == "oracle"}
+    for r in lower:
+        assert r["gpu_hours"] <= oracle[r["scenario"]]["gpu_hours"] + 1e-9
+    assert (out / "autoscaler-quick-pareto.png").exists()

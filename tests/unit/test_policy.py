@@ -1,0 +1,226 @@
+"""The autoscaling policy's invariants (property-based) and its behaviour on typical windows."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dedicap.decide.policy import (
+    Behavior,
+    ObservationWindow,
+    PolicyConfig,
+    PolicyState,
+    capacity_per_replica,
+    decide,
+)
+
+CFG = PolicyConfig(min_replicas=1, max_replicas=50, latency_target_ms=100.0, max_batch_size=32)
+
+
+def served_window(now: float, rate: float, ready: int, latency_ms: float = 40.0,
+                  starting: int = 0, **over: float) -> ObservationWindow:
+    """A window as a healthy encoder-1b fleet would report it (S(b) = 8 ms + 1.05 ms * b)."""
+    per = rate / max(ready, 1)
+    b = max(1.0, min(32.0, per * 0.03))
+    base = ObservationWindow(
+        timestamp=now - 5.0, window_s=60.0, request_rate=rate, success_rate=rate,
+        rejected_rate=0.0, backend_failure_rate=0.0, mean_latency_ms=latency_ms * 0.6,
+        latency_quantile_ms=latency_ms, queue_depth=ready * b * 0.5, mean_queue_ms=5.0,
+        mean_compute_ms=8.0 + 1.05 * b, mean_batch_size=b, ready_replicas=ready,
+        starting_replicas=starting, current_replicas=ready + starting,
+    )
+    return replace(base, **over)  # type: ignore[arg-type]
+
+
+windows = st.builds(
+    ObservationWindow,
+    timestamp=st.one_of(st.none(), st.floats(0, 1000)),
+    window_s=st.just(60.0),
+    request_rate=st.one_of(st.just(math.nan), st.floats(0, 50_000)),
+    success_rate=st.floats(0, 50_000),
+    rejected_rate=st.floats(0, 1000),
+    backend_failure_rate=st.floats(0, 1000),
+    mean_latency_ms=st.one_of(st.just(math.nan), st.floats(0, 10_000)),
+    latency_quantile_ms=st.one_of(st.just(math.nan), st.floats(0, 10_000)),
+    queue_depth=st.one_of(st.just(math.nan), st.floats(0, 100_000)),
+    mean_queue_ms=st.one_of(st.just(math.nan), st.floats(0, 5000)),
+    mean_compute_ms=st.one_of(st.just(math.nan), st.floats(0.1, 500)),
+    mean_batch_size=st.one_of(st.just(math.nan), st.floats(1, 64)),
+    ready_replicas=st.integers(0, 80),
+    starting_replicas=st.integers(0, 20),
+    current_replicas=st.integers(0, 100),
+)
+configs = st.builds(
+    PolicyConfig,
+    min_replicas=st.integers(0, 10),
+    max_replicas=st.integers(0, 60),
+    latency_target_ms=st.floats(10, 1000),
+    max_batch_size=st.one_of(st.none(), st.integers(1, 128)),
+    startup_delay_s=st.floats(0, 300),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=configs, seq=st.lists(windows, min_size=1, max_size=8),
+       limit=st.one_of(st.none(), st.integers(0, 70)))
+def test_never_outside_min_max_or_reservation(cfg: PolicyConfig, seq: list[ObservationWindow],
+                                               limit: int | None) -> None:
+    state = PolicyState()
+    hi = cfg.max_replicas if limit is None else min(cfg.max_replicas, limit)
+    lo = min(cfg.min_replicas, hi)
+    for i, w in enumerate(seq):
+        d = decide(cfg, w, state, now=1000.0 + 15.0 * i, replica_limit=limit)
+        assert lo <= d.replicas <= hi
+        assert d.reason
+        state = d.state
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=configs, w=windows, age=st.floats(0, 10_000), warm=st.lists(windows, max_size=4))
+def test_no_scale_down_without_fresh_data(cfg: PolicyConfig, w: ObservationWindow, age: float,
+                                          warm: list[ObservationWindow]) -> None:
+    state = PolicyState()
+    now = 2000.0
+    for i, x in enumerate(warm):
+        state = decide(cfg, x, state, now=now - 100 + i).state
+    stale = age > cfg.staleness_s
+    for blind in (replace(w, timestamp=None), replace(w, timestamp=now - age) if stale else None,
+                  replace(w, timestamp=now, request_rate=math.nan, success_rate=math.nan)):
+        if blind is None:
+            continue
+        d = decide(cfg, blind, state, now)
+        hi = min(cfg.max_replicas, 10**9)
+        assert d.replicas >= min(blind.current_replicas, hi)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rate=st.floats(100, 20_000), ready=st.integers(1, 40),
+       lat=st.lists(st.floats(1, 5000), min_size=2, max_size=2),
+       queue=st.floats(0, 50_000), warm_steps=st.integers(0, 6))
+def test_monotone_in_latency(rate: float, ready: int, lat: list[float], queue: float,
+                             warm_steps: int) -> None:
+    state = PolicyState()
+    now = 0.0
+    for _ in range(warm_steps):
+        now += 15.0
+        state = decide(CFG, served_window(now, rate, ready), state, now).state
+    now += 15.0
+    lo_lat, hi_lat = sorted(lat)
+    a = decide(CFG, served_window(now, rate, ready, lo_lat, queue_depth=queue), state, now)
+    b = decide(CFG, served_window(now, rate, ready, hi_lat, queue_depth=queue), state, now)
+    assert b.replicas >= a.replicas
+
+
+@settings(max_examples=200, deadline=None)
+@given(rate=st.floats(100, 20_000), ready=st.integers(1, 40), backend=st.floats(0, 1.0))
+def test_backend_failures_never_scale_up(rate: float, ready: int, backend: float) -> None:
+    state = PolicyState()
+    for i in range(4):
+        state = decide(CFG, served_window(15.0 * i, rate, ready), state, 15.0 * i).state
+    now = 60.0
+    ok = served_window(now, rate, ready)
+    failing = replace(ok, success_rate=rate * (1 - backend), backend_failure_rate=rate * backend)
+    a, b = decide(CFG, ok, state, now), decide(CFG, failing, state, now)
+    assert b.replicas <= a.replicas
+    if backend > CFG.error_rate_max:
+        assert "BACKEND" in b.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(seq=st.lists(st.tuples(st.floats(0, 20_000), st.floats(1, 3000), st.integers(1, 30)),
+                    min_size=1, max_size=12))
+def test_state_survives_json_and_decisions_are_deterministic(
+        seq: list[tuple[float, float, int]]) -> None:
+    s1, s2 = PolicyState(), PolicyState()
+    for i, (rate, lat, ready) in enumerate(seq):
+        now = 15.0 * (i + 1)
+        w = served_window(now, rate, ready, lat)
+        d1 = decide(CFG, w, s1, now)
+        d2 = decide(CFG, w, s2, now)
+        assert (d1.replicas, d1.reason) == (d2.replicas, d2.reason)
+        s1 = d1.state
+        s2 = PolicyState.from_dict(json.loads(json.dumps(d2.state.to_dict())))
+    assert s1 == s2
+
+
+def test_learns_capacity_near_the_calibrated_replica() -> None:
+    # encoder-1b saturates near 770 req/s with full batches of 32
+    state = PolicyState()
+    for i, per in enumerate([200, 300, 450, 600, 700, 500, 650]):
+        now = 15.0 * (i + 1)
+        state = decide(CFG, served_window(now, per * 10, 10), state, now).state
+    cap = capacity_per_replica(CFG, state, now)
+    assert cap is not None
+    assert 0.75 * 770 <= cap <= 770
+
+
+def test_scales_up_at_once_on_a_capacity_breach() -> None:
+    state = PolicyState()
+    for i in range(8):
+        state = decide(CFG, served_window(15.0 * i, 6000, 10), state, 15.0 * i).state
+    now = 120.0
+    w = served_window(now, 12_000, 10, latency_ms=900.0, queue_depth=20_000.0,
+                      rejected_rate=100.0, success_rate=7_700.0)  # saturated: 770 each
+    d = decide(CFG, w, state, now)
+    assert d.direction == "up"
+    assert d.replicas >= 16  # twice the load, at once (the step limit allows 100%)
+
+
+def test_scales_down_slowly_and_within_the_step_limit() -> None:
+    cfg = replace(CFG, behavior=Behavior(
+        scale_down_stabilization_s=180.0, scale_down_max_percent=20,
+        scale_down_max_replicas=1, scale_down_period_s=60.0))
+    state = PolicyState()
+    now = 0.0
+    current = 20
+    for _ in range(20):  # busy for 5 minutes
+        now += 15.0
+        d = decide(cfg, served_window(now, 13_000, current), state, now)
+        state, current = d.state, d.replicas
+    assert current >= 19
+    seen = [current]
+    times = []
+    for _ in range(40):  # the load falls to a quarter
+        now += 15.0
+        d = decide(cfg, served_window(now, 3000, current, latency_ms=20.0), state, now)
+        state = d.state
+        if d.replicas != current:
+            times.append(now)
+            assert current - d.replicas <= max(1, math.floor(0.2 * current))
+        current = d.replicas
+        seen.append(current)
+    assert times and times[0] >= 300.0 + 180.0 - 15.0  # not before the stabilization window
+    assert seen[-1] < seen[0]
+
+
+def test_forecast_requests_ahead_of_a_ramp() -> None:
+    state = PolicyState()
+    now = 0.0
+    rate = 3000.0
+    ready = 6
+    last = None
+    for _ in range(30):  # +40 req/s every 15 s
+        now += 15.0
+        rate += 40.0
+        last = decide(CFG, served_window(now, rate, ready), state, now)
+        state = last.state
+        ready = last.replicas
+    assert last is not None
+    assert last.forecast_rps > rate  # the forecast leads the observed rate
+
+
+def test_holds_on_stale_data_even_when_idle() -> None:
+    state = PolicyState()
+    w = served_window(0.0, 0.0, 10, latency_ms=math.nan)
+    d = decide(CFG, replace(w, timestamp=-1000.0), state, 0.0)
+    assert d.replicas == 10 and d.direction == "hold" and "stale" in d.reason
+
+
+def test_reservation_limit_wins_over_min_replicas() -> None:
+    cfg = replace(CFG, min_replicas=5)
+    d = decide(cfg, served_window(0.0, 100.0, 5), PolicyState(), 0.0, replica_limit=3)
+    assert d.replicas == 3
