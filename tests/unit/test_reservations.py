@@ -292,3 +292,9 @@ def test_accountant_integrates_per_deployment_and_pool_and_resumes_from_status()
     assert r2.gpu_hours == 10.0 and r2.since == NOW
     r2 = fresh.observe("acme", "chat", {"a10g": 2}, pools, NOW + timedelta(hours=6))
     assert r2.gpu_hours == 12.0
+
+
+def test_a_reservation_on_a_pool_the_deployment_does_not_accept_is_explained() -> None:
+    ent = Entitlement("acme-h100", "h100", 8, 0, ("h100",), 8)
+    p = place(_req(2, ("a10g",)), {"h100": H100, "a10g": A10G}, ent)
+    assert p.placed == 0 and "its pool h100 is not in spec.placement.pools" in p.message

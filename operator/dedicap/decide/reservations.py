@@ -565,6 +565,8 @@ def _explain(request: PlacementRequest, ent: Entitlement, p: Placement,
         head += (f"; reservation {ent.reservation}: {ent.committed_gpus} GPUs reserved on "
                  f"{ent.pool}, {ent.reserved_gpus} available to this ModelDeployment, burst "
                  f"{ent.burst_gpus} GPUs left")
+        if ent.pool not in request.pools:
+            head += f" (its pool {ent.pool} is not in spec.placement.pools)"
     elif ent.note:
         head += f"; {ent.note}"
     if reason == BURST_LIMIT:
