@@ -1,0 +1,80 @@
+"""What placement and the GPUPool status are computed from: nodes and GPU pods, parsed from
+the API's own objects (observe.py, pure parts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dedicap.api.models import GPUPool
+from dedicap.controller.observe import (
+    ClusterState,
+    parse_node,
+    parse_pod,
+    pod_gpus,
+    pool_status,
+    pool_views,
+)
+
+
+def node(name: str, gpus: int, pool: str = "h100", ready: bool = True,
+         unschedulable: bool = False) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"dedicap.dev/pool": pool}},
+            "spec": {"unschedulable": unschedulable},
+            "status": {"capacity": {"nvidia.com/gpu": str(gpus)},
+                       "allocatable": {"nvidia.com/gpu": str(gpus)},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def pod(name: str, node_name: str | None, gpus: int, md: str | None = None, ns: str = "t",
+        phase: str = "Running") -> dict[str, Any]:
+    labels = {"dedicap.dev/modeldeployment": md} if md else {}
+    return {"metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": node_name, "containers": [
+                {"resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]},
+            "status": {"phase": phase}}
+
+
+POOL = GPUPool.model_validate({"metadata": {"name": "h100", "generation": 3}, "spec": {
+    "nodeSelector": {"dedicap.dev/pool": "h100"},
+    "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "memoryGiB": 80}}})
+
+
+def state(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> ClusterState:
+    parsed = tuple(p for p in (parse_pod(x) for x in pods) if p is not None)
+    return ClusterState({"h100": POOL}, {}, tuple(parse_node(n) for n in nodes), parsed)
+
+
+def test_pod_gpus_counts_requests_limits_and_init_containers() -> None:
+    assert pod_gpus({"containers": [{"resources": {"requests": {"nvidia.com/gpu": "2"}}},
+                                    {"resources": {"limits": {"nvidia.com/gpu": "1"}}}]}) == 3
+    assert pod_gpus({"containers": [], "initContainers": [
+        {"resources": {"limits": {"nvidia.com/gpu": "4"}}}]}) == 4
+    assert pod_gpus({"containers": [{"resources": {}}]}) == 0
+
+
+def test_only_bound_live_gpu_pods_hold_gpus() -> None:
+    assert parse_pod(pod("a", None, 1)) is None  # pending
+    assert parse_pod(pod("b", "n", 1, phase="Succeeded")) is None
+    assert parse_pod(pod("c", "n", 0)) is None
+    parsed = parse_pod(pod("d", "n", 2, md="chat"))
+    assert parsed is not None and parsed.gpus == 2 and parsed.modeldeployment == "chat"
+
+
+def test_pool_status_counts_nodes_allocated_and_free() -> None:
+    s = state([node("a", 8), node("b", 8), node("c", 8, ready=False), node("x", 1, pool="a10g")],
+              [pod("p1", "a", 3), pod("p2", "b", 8), pod("p3", "c", 2), pod("p4", "x", 1)])
+    status = pool_status(POOL, s, reserved_gpus=4)
+    assert (status.nodes, status.ready_nodes) == (3, 2)
+    assert (status.total_gpus, status.allocatable_gpus) == (24, 16)
+    assert status.allocated_gpus == 13  # pods on the not-ready node still hold their GPUs
+    assert status.free_gpus == 5  # only Ready nodes offer room
+    assert status.reserved_gpus == 4 and status.observed_generation == 3
+
+
+def test_a_modeldeployments_own_pods_do_not_count_against_it() -> None:
+    s = state([node("a", 8)], [pod("mine", "a", 4, md="chat"), pod("other", "a", 2, md="x"),
+                               pod("elsewhere", "a", 1, md="chat", ns="other-ns")])
+    view = pool_views(s, "t", "chat")["h100"]
+    assert view.free_gpus == 5  # 8 - 2 (other md) - 1 (same name, other namespace)
+    cordoned = state([node("a", 8, unschedulable=True)], [])
+    assert pool_views(cordoned, "t", "chat")["h100"].free_gpus == 0
