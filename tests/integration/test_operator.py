@@ -104,6 +104,12 @@ def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
     yield op
     op.stop()
     stack.kubectl("delete", "clusterkopfpeering", op.peering, "--ignore-not-found", check=False)
+    # kopf's timers put a finalizer on GPUPools; with no operator left running it would keep a
+    # later `kubectl delete gpupool` waiting, so take it off (a running operator re-adds it).
+    for pool in kget(stack, "gpupools")["items"]:
+        if pool["metadata"].get("finalizers") == ["dedicap.dev/timers"]:
+            stack.kubectl("patch", "gpupool", pool["metadata"]["name"], "--type=json", "-p",
+                          '[{"op": "remove", "path": "/metadata/finalizers"}]', check=False)
 
 
 @pytest.fixture
