@@ -76,7 +76,7 @@ def test_pods_count_when_bound_or_nominated_and_carry_their_capacity() -> None:
                            capacity="reserved", priority=1_000_000))
     assert p == rv.GPUPod("acme", "a", "n0", 2, 1_000_000, "acme/chat", "r", "reserved")
     nominated = parse_gpu_pod(_pod("acme", "b", 1, nominated="n1", phase="Pending"))
-    assert nominated is not None and nominated.node == "n1"
+    assert nominated is not None and nominated.node == "n1" and not nominated.bound
     assert parse_gpu_pod(_pod("acme", "c", 1, phase="Pending")) is None  # not scheduled
     assert parse_gpu_pod(_pod("acme", "d", 1, node="n0", phase="Succeeded")) is None
     assert parse_gpu_pod(_pod("acme", "e", 0, node="n0")) is None
@@ -115,6 +115,8 @@ def test_plan_admits_against_node_capacity_and_reports_usage() -> None:
     # acme/chat's own pod is left out; beta's burst pod is reclaimable by reserved replicas.
     assert states["h100"].free == 32 - 8 and states["h100"].reclaimable == 32
     assert states["h100"].allocatable == 32  # the NotReady node offers nothing
+    assert snap.pool_figures("h100", cap.committed["h100"]) == {
+        "total": 40, "allocatable": 32, "allocated": 12, "reserved": 16, "free": 20}
 
 
 def test_placement_for_a_deployment_uses_its_reservation() -> None:

@@ -78,7 +78,7 @@ def parse_gpu_pod(raw: Mapping[str, Any]) -> rv.GPUPod | None:
         priority=int(spec.get("priority") or 0),
         owner=f"{namespace}/{md}" if md else "",
         reservation=labels.get(rv.LABEL_RESERVATION, ""),
-        capacity=labels.get(rv.LABEL_CAPACITY, ""))
+        capacity=labels.get(rv.LABEL_CAPACITY, ""), bound=bool(spec.get("nodeName")))
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,22 @@ class Snapshot:
         node that flaps does not flap admissions; a deleted node does shrink the pool."""
         return {name: sum(n.capacity_gpus for n in self.pool_nodes(p))
                 for name, p in self.pools.items()}
+
+    def pool_figures(self, name: str, reserved: int) -> dict[str, int]:
+        """GPUs of the pool by state, as GPUPool status counts them: total (node capacity),
+        allocatable (Ready, schedulable nodes), allocated (bound pods), reserved, free."""
+        nodes = self.pool_nodes(self.pools[name])
+        names = {n.name for n in nodes}
+        used: dict[str, int] = {}
+        for p in self.pods:
+            if p.bound and p.node in names:
+                used[p.node] = used.get(p.node, 0) + p.gpus
+        usable = [n for n in nodes if n.schedulable]
+        return {"total": sum(n.capacity_gpus for n in nodes),
+                "allocatable": sum(n.allocatable_gpus for n in usable),
+                "allocated": sum(used.values()),
+                "reserved": reserved,
+                "free": sum(max(n.allocatable_gpus - used.get(n.name, 0), 0) for n in usable)}
 
     def pool_states(self, exclude_owner: str = "") -> dict[str, rv.PoolState]:
         """Every pool as placement sees it for the ModelDeployment `exclude_owner`."""

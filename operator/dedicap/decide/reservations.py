@@ -242,6 +242,7 @@ class GPUPod:
     owner: str = ""  # "<namespace>/<modeldeployment>" for dedicap replicas
     reservation: str = ""
     capacity: str = ""  # RESERVED, BURST or "" (not a dedicap replica)
+    bound: bool = True  # False: only nominated (its preemption victims are still leaving)
 
 
 @dataclass(frozen=True)
