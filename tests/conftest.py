@@ -1,5 +1,5 @@
 """Shared fixtures. The `stack` fixture brings the real local stack up once per test session
-(or reuses one that is already running, and then leaves it running)."""
+(or reuses one whose control plane is already running, and then leaves it running)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from dedicap_local import stack as stk
 @pytest.fixture(scope="session")
 def stack() -> Iterator[stk.Stack]:
     s = stk.Stack()
-    was_running = all(stk.status(s).values())
+    states = stk.status(s)
+    # Only the control plane decides whether the stack is someone else's: a stopped data plane
+    # or Prometheus is simply (re)started by `up`, which is idempotent.
+    was_running = all(states[name] for name in stk.COMPONENTS)
     if not was_running:
         from dedicap_local.cli import build
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from dedicap_local import dataplane as dp
 from dedicap_local import loadgen, procs, prometheus, triton
 from dedicap_local import stack as stk

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dedicap_local import dataplane as dp
 from dedicap_local import prometheus, triton
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from dedicap_local import prometheus, triton
 
 from dedicap.metrics import promql
 from dedicap.metrics.prometheus import PrometheusClient
@@ -22,6 +21,7 @@ from dedicap.metrics.snapshot import (
     MetricsSnapshot,
     observe,
 )
+from dedicap_local import prometheus, triton
 
 pytestmark = pytest.mark.integration
 

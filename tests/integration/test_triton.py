@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+
 from dedicap_local import loadgen, procs, prometheus, triton
 
 pytestmark = pytest.mark.integration

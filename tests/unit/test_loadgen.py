@@ -8,6 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dedicap_local.loadgen import (
     Endpoints,
     Step,
@@ -16,8 +19,6 @@ from dedicap_local.loadgen import (
     parse_profile,
     percentile,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def test_parse_profile() -> None:
