@@ -22,6 +22,8 @@ def stack() -> Iterator[stk.Stack]:
         from dedicap_local.cli import build
 
         build()
+        # Tests start from an empty cluster: no objects left over from an earlier run.
+        stk.down(s, purge=True)
     stk.up(s)
     yield s
     if not was_running and os.environ.get("DEDICAP_KEEP_STACK") != "1":

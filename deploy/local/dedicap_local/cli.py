@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_down.add_argument("--purge", action="store_true", help="also delete its state (etcd, certs)")
     sub.add_parser("status", help="which components run")
     sub.add_parser("show", help="show the simulated GPU nodes and pools")
-    sub.add_parser("demo", help="up, then run dedicap on the stack and show what it does")
+    p_demo = sub.add_parser("demo", help="up, then run dedicap on the stack and show what it does")
+    p_demo.add_argument("--no-load", action="store_true", help="deploy and show, without load")
     args = parser.parse_args(argv)
 
     stack = stk.Stack()
@@ -65,9 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.cmd == "show":
         show(stack)
     elif args.cmd == "demo":
+        from dedicap_local import demo
+
         build()
-        stk.up(stack)
-        show(stack)
+        show(stk.up(stack))
+        demo.run(stack, with_load=not args.no_load)
     return 0
 
 

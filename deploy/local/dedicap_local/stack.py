@@ -236,6 +236,7 @@ def start_dataplane(stack: Stack) -> None:
 def down(stack: Stack | None = None, *, purge: bool = False) -> None:
     """Stop every component (data plane and Triton processes first); optionally delete state."""
     stack = stack or Stack()
+    procs.stop(stack.run_dir, "operator")  # the demo's operator, if it runs
     procs.stop(stack.run_dir, "dataplane")
     # Triton processes of the data plane are tracked in the same pid folder.
     pid_dir = stack.run_dir / "pids"
