@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import kopf
 
-from dedicap.controller import handlers
+from dedicap.controller import autoscale, handlers
 from dedicap.controller.kube import Kube, KubeError, load_config
 from dedicap.controller.observe import ClusterObserver
 from dedicap.controller.reconcile import Reconciler
@@ -65,6 +65,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--liveness", default=os.environ.get("DEDICAP_LIVENESS"), metavar="URL",
                    help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--workers", type=int, default=8, help="reconciles running at once")
+    autoscale.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     return p.parse_args(list(argv))
@@ -115,8 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.peering.mandatory = not args.standalone
 
     handlers.startup_handler(configure, registry)
-    kopf.run(registry=registry, clusterwide=not namespaces, namespaces=namespaces,
-             standalone=args.standalone, liveness_endpoint=args.liveness)
+    # The autoscaler runs beside kopf in a thread of its own and follows the same peering.
+    autoscaler = autoscale.from_args(args, kube, reconciler, namespaces=namespaces,
+                                     priority=priority, instance=instance)
+    autoscaler.start()
+    try:
+        kopf.run(registry=registry, clusterwide=not namespaces, namespaces=namespaces,
+                 standalone=args.standalone, liveness_endpoint=args.liveness)
+    finally:
+        autoscaler.stop()
     return 0
 
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from dedicap.api.models import GPUPool, ModelDeployment
 from dedicap.controller import conditions as c
 from dedicap.controller.apply import CHILD_KINDS, Action, apply_children, list_children
+from dedicap.controller.autoscale_status import keep_autoscaler_conditions
 from dedicap.controller.kube import Kube, KubeError
 from dedicap.controller.observe import ClusterObserver, pool_status, pool_views
 from dedicap.controller.status import Problem, compute, no_eligible_pool
@@ -152,7 +153,11 @@ class Reconciler:
         if problem is None and old_placement != new_placement:
             record("Normal", "Placed", f"placement: {_placement_summary(placement)} "
                    f"({placement.wanted} wanted)")
-        self._write_status(body, report.fields, report.conditions, md.generation, record)
+        # Problems only the autoscaler sees (model errors, SLO breached at the replica limit)
+        # are not overwritten by "nothing wrong here".
+        conds = keep_autoscaler_conditions((body.get("status") or {}).get("conditions") or [],
+                                           report.conditions, md.spec.autoscaling is not None)
+        self._write_status(body, report.fields, conds, md.generation, record)
 
     def _write_invalid(self, body: Mapping[str, Any], problem: Problem,
                        record: Recorder) -> None:

@@ -1,0 +1,313 @@
+"""Pure pieces of the autoscaler's edge: what it reads turned into the policy's input, and the
+policy's answer turned into status, conditions, reason codes and the peering verdict.
+
+Condition ownership. The reconciler owns Ready and Progressing and writes Degraded and
+CapacityConstrained from what the children show (a stuck pod, an unplaceable replica). The
+autoscaler owns MetricsAvailable and SLOMet, and sets two problems only it can see:
+
+- Degraded=True, reason ``BackendErrors``: the model itself fails (Triton's BACKEND reason)
+  beyond the error objective; more replicas would not help, so none are added for it;
+- CapacityConstrained=True, reason ``ReplicaLimitReached``: the SLO is breached and the
+  reservation (or the pools) allow no more replicas.
+
+Each side leaves the other's True alone: the autoscaler clears only its own reasons, and the
+reconciler does not overwrite them with its "nothing wrong" False (`keep_autoscaler_conditions`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from dedicap.api.models import AutoscalingSpec
+from dedicap.controller import conditions as c
+from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig
+from dedicap.metrics.snapshot import MetricsSnapshot
+
+ANNOTATION_STATE = "dedicap.dev/autoscaler-state"
+
+BACKEND_ERRORS = "BackendErrors"
+REPLICA_LIMIT = "ReplicaLimitReached"
+AUTOSCALER_REASONS: Mapping[str, frozenset[str]] = {
+    c.DEGRADED: frozenset({BACKEND_ERRORS}),
+    c.CAPACITY_CONSTRAINED: frozenset({REPLICA_LIMIT}),
+}
+NO_PROMETHEUS = "NoPrometheusConfigured"
+
+# Reason codes of decisions (metric label, status.lastScale.reason, Event reason suffix): a
+# fixed set, never free text.
+CODE_METRICS_UNAVAILABLE = "MetricsUnavailable"
+CODE_LATENCY = "LatencyAboveSLO"
+CODE_REJECTED = "RequestsRejected"
+CODE_DEMAND_UP = "DemandRising"
+CODE_DEMAND_DOWN = "DemandFalling"
+CODE_BELOW_MIN = "BelowMinReplicas"
+CODE_ABOVE_LIMIT = "AboveReplicaLimit"
+CODE_LIMIT = "ReplicaLimitReached"
+CODE_STABILIZING = "Stabilizing"
+CODE_STEADY = "Steady"
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _or_none(x: float, digits: int) -> float | None:
+    return round(max(x, 0.0), digits) if _finite(x) else None
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def replica_counts(pods: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """(ready, starting) replicas among a ModelDeployment's pods. Terminating and finished pods
+    count as neither; any other pod that is not Ready yet is starting (pending included: it is
+    on its way, and counting it keeps the policy from stacking another step on top)."""
+    ready = starting = 0
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        is_ready = any(cd.get("type") == "Ready" and cd.get("status") == "True"
+                       for cd in status.get("conditions") or [])
+        if is_ready and status.get("phase") == "Running":
+            ready += 1
+        else:
+            starting += 1
+    return ready, starting
+
+
+def observation_window(snap: MetricsSnapshot, *, ready: int, starting: int,
+                       current: int) -> ObservationWindow:
+    """The policy's view of a snapshot. An unavailable snapshot has no timestamp, so the
+    policy holds (it never acts on figures the snapshot says must not be trusted)."""
+    if not snap.available:
+        return ObservationWindow(timestamp=None, window_s=snap.window_s, ready_replicas=ready,
+                                 starting_replicas=starting, current_replicas=current)
+    # Triton counts a batch in rows; the policy's batch is in requests.
+    batch = snap.mean_batch_size
+    if _finite(snap.mean_request_rows) and snap.mean_request_rows > 0 and _finite(batch):
+        batch = batch / snap.mean_request_rows
+    return ObservationWindow(
+        timestamp=snap.timestamp,
+        window_s=snap.window_s,
+        request_rate=snap.request_rate,
+        success_rate=snap.success_rate,
+        rejected_rate=snap.rejected_rate,
+        backend_failure_rate=snap.backend_failure_rate,
+        mean_latency_ms=snap.mean_latency_ms,
+        latency_quantile_ms=snap.latency_quantile_ms,
+        queue_depth=snap.queue_depth,
+        mean_queue_ms=snap.mean_queue_ms,
+        mean_compute_ms=snap.mean_compute_ms,
+        mean_batch_size=batch,
+        ready_replicas=ready,
+        starting_replicas=starting,
+        current_replicas=current,
+    )
+
+
+# ----------------------------------------------------------------------------- status fields
+
+
+def observed_status(snap: MetricsSnapshot, now: datetime) -> dict[str, Any]:
+    """`status.observed`. Unknown figures are null (a merge patch removes them), so the P95 and
+    ERRORS columns go blank rather than show numbers that are no longer true."""
+    if not snap.available:
+        return {"p95Ms": None, "latencyMs": None, "errorRatio": None, "requestRate": None,
+                "sampledAt": c.timestamp(now)}
+    latency = _or_none(snap.latency_quantile_ms, 1)
+    ratio = snap.error_ratio
+    return {
+        "p95Ms": latency if snap.percentile == 95 else None,
+        "latencyMs": latency,
+        # No traffic: nothing failed.
+        "errorRatio": round(min(max(ratio, 0.0), 1.0), 4) if _finite(ratio) else 0.0,
+        "requestRate": _or_none(snap.request_rate, 2),
+        "sampledAt": c.timestamp(now),
+    }
+
+
+def last_scale(now: datetime, before: int, after: int, code: str, message: str
+               ) -> dict[str, Any]:
+    return {"time": c.timestamp(now), "fromReplicas": before, "toReplicas": after,
+            "reason": code, "message": message[:4096]}
+
+
+def reason_code(decision: Decision, window: ObservationWindow, config: PolicyConfig) -> str:
+    """A short code for what drove the decision (from its figures, not its words)."""
+    if window.timestamp is None:
+        if decision.direction == "up":
+            return CODE_BELOW_MIN
+        if decision.direction == "down":
+            return CODE_ABOVE_LIMIT
+        return CODE_METRICS_UNAVAILABLE
+    offered = window.request_rate if _finite(window.request_rate) else 0.0
+    rejected = offered > 0 and window.rejected_rate / offered > config.error_rate_max
+    slow = (_finite(window.latency_quantile_ms)
+            and window.latency_quantile_ms > config.latency_target_ms)
+    limited = decision.limited_by or ""
+    if decision.direction == "up":
+        if window.current_replicas < config.min_replicas:
+            return CODE_BELOW_MIN
+        if slow:
+            return CODE_LATENCY
+        if rejected:
+            return CODE_REJECTED
+        return CODE_DEMAND_UP
+    if decision.direction == "down":
+        if limited in ("max replicas", "reservation limit"):
+            return CODE_ABOVE_LIMIT
+        return CODE_DEMAND_DOWN
+    if limited == "reservation limit" and (slow or rejected):
+        return CODE_LIMIT
+    if limited in ("scale-down stabilization", "observing for one stabilization window first",
+                   "latency near target: no scale-down"):
+        return CODE_STABILIZING
+    return CODE_STEADY
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def metrics_condition(snap: MetricsSnapshot) -> c.Cond:
+    if snap.available:
+        age = snap.queried_at - snap.timestamp if snap.timestamp is not None else math.nan
+        return c.Cond(c.METRICS_AVAILABLE, "True", "MetricsFresh", (
+            f"{snap.pods_reporting} pod(s) reporting; newest sample {max(age, 0.0):.0f}s old"))
+    return c.Cond(c.METRICS_AVAILABLE, "False", snap.problem or "MetricsUnavailable",
+                  f"{snap.reason}; replicas are held (never scaled down blind)")
+
+
+def slo_verdict(snap: MetricsSnapshot, spec: AutoscalingSpec) -> tuple[bool | None, str, str]:
+    """(met, reason, message); met is None when the metrics cannot tell."""
+    if not snap.available:
+        return None, "MetricsUnavailable", "no fresh metrics: " + (snap.reason or snap.problem)
+    latency, errors = spec.slo.latency, spec.slo.error_rate
+    offered = snap.request_rate
+    if not (_finite(offered) and offered > 0):
+        return True, "NoTraffic", "no requests in the window"
+    problems: list[str] = []
+    reason = "WithinSLO"
+    if latency is not None and _finite(snap.latency_quantile_ms) \
+            and snap.latency_quantile_ms > latency.target_ms:
+        problems.append(f"p{latency.percentile:g} {snap.latency_quantile_ms:.0f}ms > "
+                        f"{latency.target_ms:g}ms")
+        reason = "LatencyAboveTarget"
+    ratio = snap.error_ratio
+    if errors is not None and _finite(ratio) and ratio > errors.maximum:
+        failures = ", ".join(f"{k} {v:.2f}/s" for k, v in sorted(snap.failure_rates.items())
+                             if v > 0)
+        problems.append(f"error ratio {ratio:.2%} > {errors.maximum:.2%} ({failures})")
+        reason = "ErrorRatioAboveMax" if reason == "WithinSLO" else "LatencyAndErrorsAboveSLO"
+    lat_text = (f"p{snap.percentile:g} {snap.latency_quantile_ms:.0f}ms"
+                if _finite(snap.latency_quantile_ms) else "no successful request")
+    if problems:
+        return False, reason, "; ".join(problems) + f" at {offered:.1f} req/s"
+    return True, reason, (f"{lat_text}, error ratio {max(ratio, 0.0):.2%} "
+                          f"at {offered:.1f} req/s")
+
+
+def slo_condition(snap: MetricsSnapshot, spec: AutoscalingSpec) -> c.Cond:
+    met, reason, message = slo_verdict(snap, spec)
+    status: c.Status = "Unknown" if met is None else ("True" if met else "False")
+    return c.Cond(c.SLO_MET, status, reason, message)
+
+
+def backend_problem(snap: MetricsSnapshot, config: PolicyConfig) -> str | None:
+    """Why the model itself is failing, or None. BACKEND errors must exceed the error budget and
+    be the main failure reason (a queue that times out is a capacity problem, not this)."""
+    if not snap.available or not (_finite(snap.request_rate) and snap.request_rate > 0):
+        return None
+    backend = snap.backend_failure_rate
+    ratio = backend / snap.request_rate
+    if ratio > config.error_rate_max and backend >= snap.rejected_rate:
+        return (f"{ratio:.1%} of requests fail inside the model (Triton reason BACKEND, "
+                f"{backend:.2f}/s of {snap.request_rate:.2f}/s): more replicas will not fix "
+                "this, so none are added for it; check the model and its logs")
+    return None
+
+
+def autoscaler_conditions(previous: Sequence[Mapping[str, Any]], snap: MetricsSnapshot,
+                          spec: AutoscalingSpec, config: PolicyConfig, decision: Decision,
+                          limit_explanation: str) -> list[c.Cond]:
+    """MetricsAvailable and SLOMet, plus Degraded / CapacityConstrained where the autoscaler
+    has something to say and the reconciler does not (see the module docstring)."""
+    out = [metrics_condition(snap), slo_condition(snap, spec)]
+    if not snap.available:
+        return out  # nothing new is known about the model or the capacity: leave them
+    met, _, slo_message = slo_verdict(snap, spec)
+
+    def owned(type_: str, new: c.Cond) -> None:
+        old = c.find(previous, type_)
+        ours = AUTOSCALER_REASONS[type_]
+        if new.is_true:
+            # the reconciler's own problem (a stuck pod, an unplaceable replica) comes first
+            if old is None or old.get("status") != "True" or old.get("reason") in ours:
+                out.append(new)
+        elif old is not None and old.get("status") == "True" and old.get("reason") in ours:
+            out.append(new)
+
+    backend = backend_problem(snap, config)
+    owned(c.DEGRADED, c.Cond(c.DEGRADED, "True", BACKEND_ERRORS, backend) if backend
+          else c.Cond(c.DEGRADED, "False", "AsExpected", "no model errors beyond the budget"))
+    constrained = met is False and decision.limited_by == "reservation limit"
+    owned(c.CAPACITY_CONSTRAINED,
+          c.Cond(c.CAPACITY_CONSTRAINED, "True", REPLICA_LIMIT, (
+              f"the SLO is breached ({slo_message}) and {decision.replicas} replica(s) is all "
+              f"the reservation and pools allow now (maxReplicas {config.max_replicas})"
+              + (f": {limit_explanation}" if limit_explanation else "")))
+          if constrained else
+          c.Cond(c.CAPACITY_CONSTRAINED, "False", "Placed",
+                 "the replicas the autoscaler wants fit the reservation and pools"))
+    return out
+
+
+def keep_autoscaler_conditions(previous: Sequence[Mapping[str, Any]], updates: Sequence[c.Cond],
+                               autoscaling: bool) -> list[c.Cond]:
+    """The reconciler's condition updates, minus the False ones that would erase a problem the
+    autoscaler reported (while autoscaling is on; without it nobody would clear them)."""
+    if not autoscaling:
+        return list(updates)
+    out = []
+    for cond in updates:
+        old = c.find(previous, cond.type)
+        if (not cond.is_true and cond.type in AUTOSCALER_REASONS and old is not None
+                and old.get("status") == "True"
+                and old.get("reason") in AUTOSCALER_REASONS[cond.type]):
+            continue
+        out.append(cond)
+    return out
+
+
+# ----------------------------------------------------------------------------- peering
+
+
+def peering_allows(peers: Mapping[str, Any] | None, priority: int, now: datetime) -> bool:
+    """kopf's rule, from the ClusterKopfPeering object's status: act only while no other live
+    peer has a higher or the same priority. This process's own entry has our priority, so
+    exactly one live entry may have it; none means kopf has not announced us yet: wait."""
+    if not peers:
+        return False
+    same = 0
+    for info in peers.values():
+        if not isinstance(info, Mapping):
+            continue
+        try:
+            seen = datetime.fromisoformat(str(info["lastseen"]))
+            lifetime = timedelta(seconds=int(info.get("lifetime", 60)))
+            prio = int(info.get("priority", 0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=now.tzinfo)
+        if seen + lifetime <= now:
+            continue  # dead
+        if prio > priority:
+            return False
+        if prio == priority:
+            same += 1
+    return same == 1

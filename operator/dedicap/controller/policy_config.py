@@ -1,0 +1,85 @@
+"""`spec.autoscaling` -> the policy's `PolicyConfig`. Pure: what the user wrote, plus the
+operator's defaults for what the API does not say (start-up delay, scrape interval).
+
+Mapping of `behavior` (the API) onto the policy's `Behavior`:
+
+- `stabilizationWindowSeconds` is the policy's stabilization window of that direction.
+- `maxStepReplicas` / `maxStepPercent` bound one *decision* (the API's words), so a direction
+  that sets either gets a period of one evaluation interval. When both are set the larger step
+  applies (the HPA's default `selectPolicy: Max`); when only one is set the other does not widen
+  it. A direction that sets neither keeps the policy's own limits and periods.
+- Without a latency objective the latency target is infinite (only errors and rejections can
+  breach); without an error objective the policy's default error budget (0.1 %) judges
+  REJECTED requests, which are unmet demand, not a failing model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from dedicap.api.models import AutoscalingSpec, ScalingRules
+from dedicap.decide.policy import Behavior, PolicyConfig
+
+
+@dataclass(frozen=True)
+class AutoscalerDefaults:
+    """What the operator assumes where the spec is silent (flags of `dedicap run`)."""
+
+    evaluation_interval_s: float = 15.0
+    startup_delay_s: float = 60.0  # from scale-up to a replica serving
+    scrape_interval_s: float = 15.0  # Prometheus' scrape interval for Triton
+    stale_after_intervals: float = 3.0
+    window_s: float = 60.0  # the PromQL rate window
+
+    def staleness_s(self) -> float:
+        return self.scrape_interval_s * self.stale_after_intervals
+
+
+def evaluation_interval(spec: AutoscalingSpec, defaults: AutoscalerDefaults) -> float:
+    b = spec.behavior
+    if b is not None and b.evaluation_interval_seconds is not None:
+        return float(b.evaluation_interval_seconds)
+    return defaults.evaluation_interval_s
+
+
+def _direction(rules: ScalingRules | None, interval_s: float, *, up: bool
+               ) -> dict[str, float | int]:
+    prefix = "scale_up" if up else "scale_down"
+    out: dict[str, float | int] = {}
+    if rules is None:
+        return out
+    if rules.stabilization_window_seconds is not None:
+        out[f"{prefix}_stabilization_s"] = float(rules.stabilization_window_seconds)
+    n, pct = rules.max_step_replicas, rules.max_step_percent
+    if n is not None or pct is not None:
+        out[f"{prefix}_period_s"] = interval_s
+        # The policy applies the larger of the two: an unset one must not widen the other.
+        out[f"{prefix}_max_replicas"] = n if n is not None else 1
+        out[f"{prefix}_max_percent"] = float(pct) if pct is not None else 0.0
+    return out
+
+
+def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults) -> PolicyConfig:
+    """The PolicyConfig the operator runs for this `spec.autoscaling`."""
+    interval = evaluation_interval(spec, defaults)
+    changes: dict[str, float | int] = {}
+    if spec.behavior is not None:
+        changes.update(_direction(spec.behavior.scale_up, interval, up=True))
+        changes.update(_direction(spec.behavior.scale_down, interval, up=False))
+    behavior = replace(Behavior(), **changes)  # type: ignore[arg-type]
+    latency = spec.slo.latency
+    errors = spec.slo.error_rate
+    config = PolicyConfig(
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        latency_percentile=latency.percentile if latency else 95.0,
+        latency_target_ms=latency.target_ms if latency else math.inf,
+        behavior=behavior,
+        evaluation_interval_s=interval,
+        startup_delay_s=defaults.startup_delay_s,
+        staleness_s=defaults.staleness_s(),
+    )
+    if errors is not None:
+        config = replace(config, error_rate_max=errors.maximum)
+    return config
