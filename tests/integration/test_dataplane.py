@@ -5,11 +5,8 @@ reaches every replica; a pod that goes away takes its process with it."""
 from __future__ import annotations
 
 import json
-import time
-import urllib.parse
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +14,8 @@ import pytest
 from dedicap_local import dataplane as dp
 from dedicap_local import loadgen, procs, prometheus, triton
 from dedicap_local import stack as stk
+from testkit import prom_query as query
+from testkit import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -59,26 +58,6 @@ def model_pods(name: str, replicas: int) -> dict[str, Any]:
             },
         },
     }
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-def query(prom_url: str, promql: str) -> list[dict[str, Any]]:
-    qs = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{prom_url}/api/v1/query?{qs}", timeout=5) as resp:
-        body = json.load(resp)
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
 
 
 def running_pods(stack: stk.Stack, ns: str) -> set[str]:

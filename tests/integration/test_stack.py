@@ -4,30 +4,19 @@ simulated kwok GPU nodes."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from dedicap_local import stack as stk
+from testkit import wait_until
 
 pytestmark = pytest.mark.integration
 
 GPU_PRODUCT_H100 = "NVIDIA-H100-80GB-HBM3"
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture
@@ -39,14 +28,16 @@ def namespace(stack: stk.Stack) -> Iterator[str]:
 
 
 def deployment(name: str, *, gpus: int, replicas: int = 2, pool: str | None = "h100",
-               tolerate: bool = True) -> dict[str, Any]:
+               tolerate: bool = True, selector: dict[str, str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [{
             "name": "main", "image": "registry.invalid/sleep:1",
             "resources": {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {},
         }],
     }
-    if pool:
+    if selector:
+        spec["nodeSelector"] = selector
+    elif pool:
         spec["nodeSelector"] = {"nvidia.com/gpu.product": GPU_PRODUCT_H100}
     if tolerate:
         spec["tolerations"] = [TOLERATION]
@@ -75,8 +66,11 @@ def test_server_version_and_gpu_nodes(stack: stk.Stack) -> None:
     version = json.loads(stack.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"].startswith("v1.35.")
 
+    # The stack's own nodes (tests sharing the cluster may add nodes of their own).
+    own = {n["metadata"]["name"] for n in stk.node_objects(stk.load_pools())}
     nodes = json.loads(stack.kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    gpu_nodes = [n for n in nodes if "nvidia.com/gpu" in n["status"].get("capacity", {})]
+    gpu_nodes = [n for n in nodes if n["metadata"]["name"] in own
+                 and "nvidia.com/gpu" in n["status"].get("capacity", {})]
     assert len(gpu_nodes) == 10
     by_pool: dict[str, list[dict[str, Any]]] = {}
     for n in gpu_nodes:
@@ -142,19 +136,23 @@ def test_without_toleration_never_on_a_gpu_node(stack: stk.Stack, namespace: str
 
 
 def test_deleting_a_node_moves_pods(stack: stk.Stack, namespace: str) -> None:
-    # One pod per node (6 GPUs each on 8-GPU nodes), so the victim node holds exactly one.
-    stack.kubectl("apply", "-n", namespace, "-f", "-",
-                  input=json.dumps(deployment("movable", gpus=6, replicas=2)))
-
-    def two_running() -> list[dict[str, Any]] | None:
-        ps = pods(stack, namespace, "movable")
-        return ps if len(ps) == 2 and all(
-            p["status"].get("phase") == "Running" for p in ps) else None
-
-    before = wait_until(two_running, "2 Running pods")
-    victim = before[0]["spec"]["nodeName"]
-    victim_node = json.loads(stack.kubectl("get", "node", victim, "-o", "json").stdout)
+    # A pool of three nodes of this test's own, so tests sharing the cluster cannot fill it; one
+    # pod per node (6 GPUs on 8-GPU nodes), so the victim node holds exactly one.
+    pool = {"name": namespace, "nodes": 3, "zones": ["zone-a"],
+            "gpu": {"product": GPU_PRODUCT_H100, "memoryGiB": 80, "perNode": 8}}
+    names = [n["metadata"]["name"] for n in stk.node_objects([pool])]
+    stk.ensure_nodes(stack, [pool])
     try:
+        stack.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(deployment(
+            "movable", gpus=6, replicas=2, selector={"dedicap.dev/pool": namespace})))
+
+        def two_running() -> list[dict[str, Any]] | None:
+            ps = pods(stack, namespace, "movable")
+            return ps if len(ps) == 2 and all(
+                p["status"].get("phase") == "Running" for p in ps) else None
+
+        before = wait_until(two_running, "2 Running pods")
+        victim = before[0]["spec"]["nodeName"]
         stack.kubectl("delete", "node", victim)
 
         def moved() -> list[dict[str, Any]] | None:
@@ -163,7 +161,7 @@ def test_deleting_a_node_moves_pods(stack: stk.Stack, namespace: str) -> None:
 
         after = wait_until(moved, "pods re-created away from the deleted node", timeout=180)
         assert {p["metadata"]["name"] for p in after} != {p["metadata"]["name"] for p in before}
+        assert {p["spec"]["nodeName"] for p in after} <= set(names) - {victim}
     finally:
-        # Give the node back so later tests see the full pool.
-        stk.ensure_nodes(stack)
-        assert victim_node["metadata"]["name"] in node_labels(stack)
+        stack.kubectl("delete", "node", *names, "--ignore-not-found", "--wait=false",
+                      check=False)

@@ -4,7 +4,6 @@ port, so these tests never collide with a running stack."""
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.parse
 import urllib.request
@@ -17,6 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from dedicap_local import loadgen, procs, prometheus, triton
+from testkit import prom_query as query
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +34,6 @@ def prom(run_dir: Path) -> Iterator[str]:
     url = prometheus.start(run_dir, port=triton.free_port())
     yield url
     prometheus.stop(run_dir)
-
-
-def query(prom_url: str, promql: str) -> list[dict[str, object]]:
-    qs = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{prom_url}/api/v1/query?{qs}", timeout=5) as resp:
-        body = json.load(resp)
-    assert body["status"] == "success", body
-    result: list[dict[str, object]] = body["data"]["result"]
-    return result
 
 
 def wait_value(prom_url: str, promql: str, predicate: object, timeout: float = 30.0) -> float:
