@@ -30,11 +30,14 @@ from pydantic import ValidationError
 
 from dedicap.api.models import CapacityReservation, GPUPool, ModelDeployment
 from dedicap.controller import conditions as c
+from dedicap.controller.accounting import Accountant
 from dedicap.controller.kube import FIELD_MANAGER, Kind, Kube, KubeError
 from dedicap.controller.observe import NodeInfo, parse_node, pod_gpus, selects
 from dedicap.decide import capacity_objects as co
 from dedicap.decide import reservations as rv
+from dedicap.decide.placement import Placement, PoolView, place_reserved
 from dedicap.decide.render import LABEL_MD
+from dedicap.metrics.exporter import OperatorMetrics, PoolUsage, ReservationFigures
 
 log = logging.getLogger(__name__)
 
@@ -375,3 +378,88 @@ def register(registry: kopf.OperatorRegistry, controller: CapacityController,
                 interval=timer_interval, sharp=False)
     def capacity_timer(**_: Any) -> None:
         controller.run(force=False)
+
+
+# ----------------------------------------------------------------------------- planner
+
+
+@dataclass
+class CapacityPlanner:
+    """What the ModelDeployment reconcile asks of capacity: a reservation-aware placement and
+    the GPU accounting. Reads one `Snapshot` (cached for `ttl` seconds, like the core's
+    observer) and decides with the same pure functions as the capacity reconcile."""
+
+    kube: Kube
+    ttl: float = 2.0
+    metrics: OperatorMetrics | None = None
+    accountant: Accountant = field(default_factory=Accountant)
+    clock: Callable[[], float] = time.monotonic
+    _cached: tuple[float, Snapshot, CapacityPlan] | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cached = None
+
+    def current(self) -> tuple[Snapshot, CapacityPlan]:
+        with self._lock:
+            now = self.clock()
+            if self._cached is None or now - self._cached[0] >= self.ttl:
+                snapshot = read(self.kube)
+                self._cached = (now, snapshot, plan(snapshot, datetime.now(UTC)))
+            return self._cached[1], self._cached[2]
+
+    def place(self, md: ModelDeployment, views: Mapping[str, PoolView]) -> Placement:
+        snapshot, capacity = self.current()
+        return place_reserved(md.spec, md.spec.desired_replicas(), views,
+                              snapshot.pool_states(f"{md.namespace}/{md.name}"),
+                              capacity.entitlement(md))
+
+    def account(self, md: ModelDeployment, fields: dict[str, Any]) -> None:
+        """Add GPU-hours to the status fields the reconcile is about to write (`cost`, from
+        the per-pool `placement` it computed) and export the per-pool usage."""
+        snapshot, _ = self.current()
+        gpus_by_pool = {p["pool"]: int(p.get("gpus", 0)) for p in fields.get("placement", [])}
+        previous = (md.status.cost.model_dump(by_alias=True, mode="json")
+                    if md.status is not None and md.status.cost is not None else None)
+        report = self.accountant.observe(md.namespace, md.name, gpus_by_pool,
+                                         snapshot.pool_states(), datetime.now(UTC), previous)
+        fields["cost"] = {**fields.get("cost", {}), **report.status()}
+        if self.metrics is not None:
+            states = snapshot.pool_states()
+            replicas = {p["pool"]: int(p.get("currentReplicas", 0))
+                        for p in fields.get("placement", [])}
+            usage = {}
+            for pool, gpus in gpus_by_pool.items():
+                price = states[pool].price_per_gpu_hour if pool in states else 0.0
+                hours = report.by_pool.get(pool)
+                usage[pool] = PoolUsage(replicas.get(pool, 0), gpus,
+                                        hours.gpu_hours if hours else 0.0, gpus * price)
+            self.metrics.set_pools(md.namespace, md.name, usage)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted ModelDeployment: its integral and every series of it (idempotent, the
+        autoscaler may have dropped them already)."""
+        self.accountant.forget(namespace, name)
+        if self.metrics is not None:
+            self.metrics.forget(namespace, name)
+
+    def export(self, outcome: Outcome) -> None:
+        """`CapacityController.on_outcome`: the reconcile's figures as metrics (once the
+        operator's metrics exist)."""
+        if self.metrics is not None:
+            export(self.metrics, outcome)
+
+
+def export(metrics: OperatorMetrics, outcome: Outcome) -> None:
+    """Pool and reservation figures of one capacity reconcile, as metrics."""
+    snap, cap = outcome.snapshot, outcome.plan
+    metrics.set_gpupools({name: snap.pool_figures(name, cap.committed.get(name, 0))
+                          for name in snap.pools})
+    figures = {}
+    for name, view in cap.views.items():
+        a, u = cap.admissions[name], cap.usage[name]
+        figures[name] = ReservationFigures(
+            pool=view.pool, admitted=a.admitted, committed=view.gpus, used=u.reserved_gpus,
+            burst=u.burst_gpus, headroom=max(view.gpus - u.reserved_gpus, 0) if a.active else 0)
+    metrics.set_reservations(figures)

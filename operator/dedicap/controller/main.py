@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import kopf
 
-from dedicap.controller import autoscale, handlers
+from dedicap.controller import autoscale, capacity, handlers
 from dedicap.controller.kube import Kube, KubeError, load_config
 from dedicap.controller.observe import ClusterObserver
 from dedicap.controller.reconcile import Reconciler
@@ -65,6 +65,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--liveness", default=os.environ.get("DEDICAP_LIVENESS"), metavar="URL",
                    help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--workers", type=int, default=8, help="reconciles running at once")
+    p.add_argument("--tenant-group", action="append", metavar="GROUP",
+                   default=_env_list("DEDICAP_TENANT_GROUPS", []),
+                   help="a group of tenant users who may read reservations and pools "
+                   "(repeatable; default: $DEDICAP_TENANT_GROUPS, comma-separated)")
+    p.add_argument("--capacity-seconds", type=float, default=15.0,
+                   help="how often admissions, quotas and pool figures are recomputed")
     autoscale.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -93,13 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     kube = Kube(load_config(args.kubeconfig))
     monitoring = args.monitoring_namespace or _env_list(
         "DEDICAP_MONITORING_NAMESPACES", ["monitoring"])
+    planner = capacity.CapacityPlanner(kube)
     reconciler = Reconciler(kube, ClusterObserver(kube),
-                            RenderOptions(monitoring_namespaces=tuple(monitoring)))
+                            RenderOptions(monitoring_namespaces=tuple(monitoring)),
+                            capacity=planner)
     namespaces = tuple(args.namespace)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, handlers.HandlerConfig(
         namespaces=namespaces, pool_refresh_seconds=args.pool_refresh_seconds,
         resync_seconds=args.resync_seconds))
+    capacity.register(registry, capacity.CapacityController(
+        kube, tenant_groups=tuple(args.tenant_group), on_outcome=planner.export),
+        timer_interval=args.capacity_seconds)
     priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     instance = f"{socket.gethostname()}-{os.getpid()}"
     if not args.standalone:
@@ -119,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The autoscaler runs beside kopf in a thread of its own and follows the same peering.
     autoscaler = autoscale.from_args(args, kube, reconciler, namespaces=namespaces,
                                      priority=priority, instance=instance)
+    planner.metrics = autoscaler.metrics  # one registry for every dedicap_* series
     autoscaler.start()
     try:
         kopf.run(registry=registry, clusterwide=not namespaces, namespaces=namespaces,

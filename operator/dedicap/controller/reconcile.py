@@ -21,6 +21,7 @@ from dedicap.api.models import GPUPool, ModelDeployment
 from dedicap.controller import conditions as c
 from dedicap.controller.apply import CHILD_KINDS, Action, apply_children, list_children
 from dedicap.controller.autoscale_status import keep_autoscaler_conditions
+from dedicap.controller.capacity import CapacityPlanner
 from dedicap.controller.kube import Kube, KubeError
 from dedicap.controller.observe import ClusterObserver, pool_status, pool_views
 from dedicap.controller.status import Problem, compute, no_eligible_pool
@@ -66,6 +67,8 @@ class Reconciler:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # How long the answer to "does the cluster have ServiceMonitors?" is trusted.
     crd_check_seconds: float = 60.0
+    # Reservation-aware placement and GPU accounting; without it, plain placement.
+    capacity: CapacityPlanner | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, init=False)
     _sm: tuple[float, bool] | None = field(default=None, init=False)
@@ -81,6 +84,8 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
+        if self.capacity is not None:
+            self.capacity.forget(namespace, name)
 
     def _options(self) -> RenderOptions:
         now = time.monotonic()
@@ -122,7 +127,8 @@ class Reconciler:
         state = self.observer.state()
         views = pool_views(state, namespace, name)
         pool_specs = {n: v.spec for n, v in views.items()}
-        placement = place(md.spec, md.spec.desired_replicas(), views)
+        placement = (self.capacity.place(md, views) if self.capacity is not None
+                     else place(md.spec, md.spec.desired_replicas(), views))
         options = self._options()
         existing = list_children(self.kube, namespace, name, md.uid, self._child_kinds(options))
         actions: list[Action] = []
@@ -143,8 +149,12 @@ class Reconciler:
                 deployments = result.deployments()
                 if any(a.reason in ("Created", "Deleted", "Scaled") for a in actions):
                     self.observer.invalidate()
+                    if self.capacity is not None:
+                        self.capacity.invalidate()
         pods = self.kube.list("Pod", namespace, labels=selector_string(name))
         report = compute(md, placement, problem, deployments, pods, pool_specs, waiting)
+        if self.capacity is not None:
+            self.capacity.account(md, report.fields)
 
         for action in actions:
             record(action.type, action.reason, action.message)

@@ -124,15 +124,19 @@ def compute(md: ModelDeployment, placement: Placement | None, problem: Problem |
     updated = sum(v.updated for v in current)
     pod_problems = PodProblems.of(pods)
 
-    placement_status = []
+    # One entry per pool: a pool may hold two Deployments (reserved and burst replicas).
+    by_pool: dict[str, dict[str, Any]] = {}
     for v in views:
-        placement_status.append({
+        entry = by_pool.setdefault(v.pool, {
             "pool": v.pool,
-            "replicas": placement.replicas_on(v.pool) if placement else v.spec_replicas,
-            "currentReplicas": v.replicas,
-            "readyReplicas": v.ready,
-            "gpus": v.replicas * v.gpus_per_replica,
-        })
+            "replicas": placement.replicas_on(v.pool) if placement else 0,
+            "currentReplicas": 0, "readyReplicas": 0, "gpus": 0})
+        if placement is None:
+            entry["replicas"] += v.spec_replicas
+        entry["currentReplicas"] += v.replicas
+        entry["readyReplicas"] += v.ready
+        entry["gpus"] += v.replicas * v.gpus_per_replica
+    placement_status = list(by_pool.values())
     gpus = sum(v.replicas * v.gpus_per_replica for v in views)
     prices = {name: spec.price_per_gpu_hour for name, spec in pools.items()}
     hourly = sum(v.replicas * v.gpus_per_replica * prices.get(v.pool, 0.0) for v in views)
@@ -207,7 +211,8 @@ def compute(md: ModelDeployment, placement: Placement | None, problem: Problem |
 
     # CapacityConstrained: the pools cannot hold what is wanted.
     if placement is not None and unplaced > 0:
-        conds.append(c.Cond(c.CAPACITY_CONSTRAINED, "True", "InsufficientGPUs", (
+        conds.append(c.Cond(c.CAPACITY_CONSTRAINED, "True",
+                            placement.constraint_reason or "InsufficientGPUs", (
             f"{placement.explain()}; free GPUs, add pools to spec.placement.pools or lower "
             "spec.replicas")))
     elif pod_problems.unschedulable:

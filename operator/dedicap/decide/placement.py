@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dedicap.api.models import GPUPoolSpec, ModelDeploymentSpec
+from dedicap.decide import reservations as rv
+from dedicap.decide.capacity_objects import BURST_CLASS, RESERVED_CLASS
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class Placement:
     wanted: int
     assignments: tuple[PoolAssignment, ...]
     verdicts: tuple[PoolVerdict, ...] = field(default=())
+    # Set by the reservation-aware placement: why not every replica is placed, with numbers.
+    constraint_reason: str = ""
+    explanation: str = ""
 
     @property
     def placed(self) -> int:
@@ -112,6 +117,8 @@ class Placement:
 
     def explain(self) -> str:
         """One sentence with the numbers, for conditions and events."""
+        if self.explanation:
+            return self.explanation
         per_pool = "; ".join(f"{v.pool}: {v.message}" for v in self.verdicts)
         return (f"wanted {self.wanted} replica(s), placed {self.placed}"
                 + (f", {self.unplaced} fit nowhere" if self.unplaced else "")
@@ -166,3 +173,32 @@ def place(spec: ModelDeploymentSpec, replicas: int, pools: Mapping[str, PoolView
 
 def pool_views(pools: Sequence[PoolView]) -> dict[str, PoolView]:
     return {p.name: p for p in pools}
+
+
+def place_reserved(spec: ModelDeploymentSpec, replicas: int, pools: Mapping[str, PoolView],
+                   states: Mapping[str, rv.PoolState], entitlement: rv.Entitlement) -> Placement:
+    """Reservation-aware placement (`reservations.place`: reserved headroom first, then burst,
+    then the next pool), as assignments with priority classes. On the reservation's pool the
+    reserved and the burst replicas are separate assignments (two Deployments, so the scheduler
+    can preempt the one and not the other); elsewhere every replica is burst."""
+    gpr = spec.resources.gpus_per_replica
+    request = rv.PlacementRequest(replicas, gpr, spec.resources.gpu_memory_gib,
+                                  tuple(spec.placement.pools))
+    decided = rv.place(request, states, entitlement)
+    verdicts = tuple(_verdict(name, pools.get(name), spec) for name in spec.placement.pools)
+    assignments: list[PoolAssignment] = []
+    for a in decided.assignments:
+        if a.pool == entitlement.pool:
+            # The reservation's pool keeps its reserved Deployment, even at zero.
+            assignments.append(PoolAssignment(a.pool, a.reserved, gpr, RESERVED_CLASS))
+            if a.burst:
+                assignments.append(PoolAssignment(a.pool, a.burst, gpr, BURST_CLASS))
+        elif a.replicas:
+            assignments.append(PoolAssignment(a.pool, a.replicas, gpr, BURST_CLASS))
+    if not assignments:
+        # As in `place`: one empty Deployment on the most preferred eligible pool.
+        first = next((a.pool for a in decided.assignments), None)
+        if first is not None:
+            assignments.append(PoolAssignment(first, 0, gpr, BURST_CLASS))
+    return Placement(wanted=replicas, assignments=tuple(assignments), verdicts=verdicts,
+                     constraint_reason=decided.reason, explanation=decided.message)

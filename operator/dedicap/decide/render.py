@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dedicap.api.models import API_VERSION, GPUPoolSpec, ModelDeployment
+from dedicap.decide.capacity_objects import BURST_CLASS, RESERVED_CLASS
 from dedicap.decide.placement import Placement, PoolAssignment
+from dedicap.decide.reservations import BURST, LABEL_CAPACITY, LABEL_RESERVATION, RESERVED
 
 LABEL_MD = "dedicap.dev/modeldeployment"
 LABEL_POOL = "dedicap.dev/pool"
@@ -64,8 +66,20 @@ class ChildKey:
         return ChildKey(obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
 
 
-def deployment_name(md_name: str, pool: str) -> str:
-    return f"{md_name}-{pool}"
+def deployment_name(md_name: str, pool: str, secondary_burst: bool = False) -> str:
+    """`<md>-<pool>`; the burst replicas on the pool of the ModelDeployment's reservation, which
+    run beside the reserved ones at a lower priority, are `<md>-<pool>-burst`."""
+    return f"{md_name}-{pool}-burst" if secondary_burst else f"{md_name}-{pool}"
+
+
+def capacity_labels(md: ModelDeployment, assignment: PoolAssignment) -> dict[str, str]:
+    """Which capacity a replica runs on, read back to account reservation usage."""
+    if assignment.priority_class is None:
+        return {}
+    labels = {LABEL_CAPACITY: RESERVED if assignment.priority_class == RESERVED_CLASS else BURST}
+    if md.spec.reservation:
+        labels[LABEL_RESERVATION] = md.spec.reservation
+    return labels
 
 
 def selector_labels(md_name: str) -> dict[str, str]:
@@ -153,7 +167,8 @@ def pod_template(md: ModelDeployment, assignment: PoolAssignment, pool: GPUPoolS
     spec = md.spec
     model = spec.model.name
     repository, volumes, mounts = model_repository(md)
-    labels = {**common_labels(md), LABEL_POOL: assignment.pool}
+    labels = {**common_labels(md), LABEL_POOL: assignment.pool,
+              **capacity_labels(md, assignment)}
     annotations = {ANNOTATION_MODEL: model}
     if spec.model.version is not None:
         annotations[ANNOTATION_MODEL_VERSION] = spec.model.version
@@ -237,15 +252,20 @@ def pod_template(md: ModelDeployment, assignment: PoolAssignment, pool: GPUPoolS
 
 
 def render_deployment(md: ModelDeployment, assignment: PoolAssignment, pool: GPUPoolSpec,
-                      options: RenderOptions) -> dict[str, Any]:
+                      options: RenderOptions, secondary_burst: bool = False) -> dict[str, Any]:
     labels = {**common_labels(md), LABEL_POOL: assignment.pool}
+    selector = {**selector_labels(md.name), LABEL_POOL: assignment.pool}
+    if secondary_burst:
+        # Beside `<md>-<pool>` on the same pool: its selector must not take the other's pods.
+        selector[LABEL_CAPACITY] = BURST
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(md, deployment_name(md.name, assignment.pool), labels),
+        "metadata": _metadata(md, deployment_name(md.name, assignment.pool, secondary_burst),
+                              labels),
         "spec": {
             "replicas": assignment.replicas,
-            "selector": {"matchLabels": {**selector_labels(md.name), LABEL_POOL: assignment.pool}},
+            "selector": {"matchLabels": selector},
             # GPUs are scarce: surge one replica at a time and never drop below the count.
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -353,7 +373,10 @@ def render(md: ModelDeployment, placement: Placement, pools: Mapping[str, GPUPoo
     missing = [a.pool for a in placement.assignments if a.pool not in pools]
     if missing:
         raise ValueError(f"placement names pools without a spec: {missing}")
-    children = [render_deployment(md, a, pools[a.pool], options) for a in placement.assignments]
+    reserved_pools = {a.pool for a in placement.assignments if a.priority_class == RESERVED_CLASS}
+    children = [render_deployment(md, a, pools[a.pool], options,
+                                  a.priority_class == BURST_CLASS and a.pool in reserved_pools)
+                for a in placement.assignments]
     children += [render_service(md), render_pdb(md), render_network_policy(md, options)]
     if options.service_monitor:
         children.append(render_service_monitor(md, options))

@@ -480,6 +480,10 @@ class _Nodes:
         # Spread: fewest of our replicas in the zone, then on the node, then most room, then name.
         return (self.mine_zone.get(self.zone[name], 0), self.mine.get(name, 0), -room, name)
 
+    def fits(self, gpr: int) -> bool:
+        """Whether a replica of `gpr` GPUs fits the free GPUs of some node."""
+        return any(self.free[n] >= gpr for n in self.names)
+
     def take(self, gpr: int, *, reclaim: bool) -> bool:
         """Assign one replica of `gpr` GPUs. Truly free GPUs first; with `reclaim` (reserved
         replicas), GPUs of preemptible pods only when no node has enough free ones."""
@@ -535,7 +539,8 @@ def place(request: PlacementRequest, pools: Mapping[str, PoolState],
             continue
         while remaining > 0:
             if burst_budget <= 0:
-                burst_blocked = True
+                # The limit is the reason only where there was room it kept us from using.
+                burst_blocked = burst_blocked or nodes[name].fits(gpr)
                 break
             if not nodes[name].take(gpr, reclaim=False):
                 break

@@ -42,6 +42,22 @@ class PoolUsage:
     hourly_cost: float  # of the GPUs held now, at the pool's price
 
 
+@dataclass(frozen=True)
+class ReservationFigures:
+    """One CapacityReservation's GPUs."""
+
+    pool: str
+    admitted: bool
+    committed: int  # spec.gpus
+    used: int  # reserved GPUs in use
+    burst: int  # borrowed GPUs in use
+    headroom: int  # reserved GPUs idle (0 when not in effect)
+
+
+POOL_STATES = ("total", "allocatable", "allocated", "reserved", "free")
+RESERVATION_STATES = ("committed", "used", "burst", "headroom")
+
+
 class OperatorMetrics:
     """The operator's metrics and the registry that holds them."""
 
@@ -95,6 +111,20 @@ class OperatorMetrics:
             "dedicap_modeldeployment_hourly_cost",
             "Cost per hour of the GPUs held now in a pool, at the pool's price.",
             POOL_LABELS, registry=r)
+        self.gpupool_gpus = Gauge(
+            "dedicap_gpupool_gpus",
+            "GPUs of a pool by state: total (node capacity), allocatable (Ready nodes), "
+            "allocated (bound pods), reserved (admitted reservations in effect), free.",
+            ["pool", "state"], registry=r)
+        self.reservation_gpus = Gauge(
+            "dedicap_reservation_gpus",
+            "GPUs of a CapacityReservation by state: committed, used (reserved, in use), burst "
+            "(borrowed, in use), headroom (reserved, idle).",
+            ["pool", "reservation", "state"], registry=r)
+        self.reservation_admitted = Gauge(
+            "dedicap_reservation_admitted",
+            "1 when the reservation is admitted (its pool has room for it), else 0.",
+            ["pool", "reservation"], registry=r)
         self._md_metrics: tuple[MetricWrapperBase, ...] = (
             self.desired_replicas, self.ready_replicas, self.error_ratio, self.request_rate,
             self.metrics_available)
@@ -105,6 +135,8 @@ class OperatorMetrics:
         self._decisions: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._percentiles: dict[tuple[str, str], set[str]] = {}
         self._pools: dict[tuple[str, str], set[str]] = {}
+        self._gpupools: set[str] = set()
+        self._reservations: dict[str, str] = {}  # reservation -> pool label written
 
     def record_decision(self, namespace: str, modeldeployment: str, direction: str,
                         reason: str) -> None:
@@ -161,6 +193,36 @@ class OperatorMetrics:
             self.pool_gpus.labels(*key, pool).set(u.gpus)
             self.pool_gpu_hours.labels(*key, pool).set(u.gpu_hours)
             self.pool_hourly_cost.labels(*key, pool).set(u.hourly_cost)
+
+    def set_gpupools(self, figures: Mapping[str, Mapping[str, int]]) -> None:
+        """Replace every pool's series: `{pool: {state: gpus}}` (states of POOL_STATES);
+        pools that are gone lose their series."""
+        with self._lock:
+            gone = self._gpupools - set(figures)
+            self._gpupools = set(figures)
+        for pool in gone:
+            for state in POOL_STATES:
+                _remove(self.gpupool_gpus, pool, state)
+        for pool, states in figures.items():
+            for state in POOL_STATES:
+                self.gpupool_gpus.labels(pool, state).set(states.get(state, 0))
+
+    def set_reservations(self, figures: Mapping[str, ReservationFigures]) -> None:
+        """Replace every reservation's series; deleted reservations lose theirs."""
+        with self._lock:
+            old = dict(self._reservations)
+            self._reservations = {name: f.pool for name, f in figures.items()}
+        for name, pool in old.items():
+            if name not in figures or figures[name].pool != pool:
+                _remove(self.reservation_admitted, pool, name)
+                for state in RESERVATION_STATES:
+                    _remove(self.reservation_gpus, pool, name, state)
+        for name, f in figures.items():
+            self.reservation_admitted.labels(f.pool, name).set(1 if f.admitted else 0)
+            values = {"committed": f.committed, "used": f.used, "burst": f.burst,
+                      "headroom": f.headroom}
+            for state, value in values.items():
+                self.reservation_gpus.labels(f.pool, name, state).set(value)
 
     def forget(self, namespace: str, modeldeployment: str) -> None:
         """Remove every series of a deleted ModelDeployment."""
