@@ -71,6 +71,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    "(repeatable; default: $DEDICAP_TENANT_GROUPS, comma-separated)")
     p.add_argument("--capacity-seconds", type=float, default=15.0,
                    help="how often admissions, quotas and pool figures are recomputed")
+    p.add_argument("--no-capacity", dest="capacity", action="store_false",
+                   help="no CapacityReservations: plain placement, and no quotas, priority "
+                   "classes or tenant RBAC written (for clusters where the operator may not)")
     autoscale.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kube = Kube(load_config(args.kubeconfig))
     monitoring = args.monitoring_namespace or _env_list(
         "DEDICAP_MONITORING_NAMESPACES", ["monitoring"])
-    planner = capacity.CapacityPlanner(kube)
+    planner = capacity.CapacityPlanner(kube) if args.capacity else None
     reconciler = Reconciler(kube, ClusterObserver(kube),
                             RenderOptions(monitoring_namespaces=tuple(monitoring)),
                             capacity=planner)
@@ -108,9 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers.register(registry, reconciler, handlers.HandlerConfig(
         namespaces=namespaces, pool_refresh_seconds=args.pool_refresh_seconds,
         resync_seconds=args.resync_seconds))
-    capacity.register(registry, capacity.CapacityController(
-        kube, tenant_groups=tuple(args.tenant_group), on_outcome=planner.export),
-        timer_interval=args.capacity_seconds)
+    if planner is not None:
+        capacity.register(registry, capacity.CapacityController(
+            kube, tenant_groups=tuple(args.tenant_group), on_outcome=planner.export),
+            timer_interval=args.capacity_seconds)
     priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     instance = f"{socket.gethostname()}-{os.getpid()}"
     if not args.standalone:
@@ -130,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The autoscaler runs beside kopf in a thread of its own and follows the same peering.
     autoscaler = autoscale.from_args(args, kube, reconciler, namespaces=namespaces,
                                      priority=priority, instance=instance)
-    planner.metrics = autoscaler.metrics  # one registry for every dedicap_* series
+    if planner is not None:
+        planner.metrics = autoscaler.metrics  # one registry for every dedicap_* series
     autoscaler.start()
     try:
         kopf.run(registry=registry, clusterwide=not namespaces, namespaces=namespaces,
