@@ -440,6 +440,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rate window of the PromQL queries (at least four scrape intervals)")
     g.add_argument("--replica-startup", type=float, default=60.0, metavar="SECONDS",
                    help="how long a new replica takes to serve (the policy forecasts this far)")
+    g.add_argument("--burst-memory", type=float, default=AutoscalerDefaults.burst_memory_s,
+                   metavar="SECONDS", help="after traffic jumps faster than replicas start, "
+                   "keep capacity for the peak this long (default %(default)gs)")
     g.add_argument("--metrics-port", type=int,
                    default=int(os.environ.get("DEDICAP_METRICS_PORT", "0") or 0),
                    help="serve the operator's own /metrics on this port (0: off; default "
@@ -461,7 +464,8 @@ def from_args(args: argparse.Namespace, kube: Kube, reconciler: Reconciler, *,
                  server.server_port)
     defaults = AutoscalerDefaults(
         evaluation_interval_s=args.evaluation_interval, startup_delay_s=args.replica_startup,
-        scrape_interval_s=args.scrape_interval, window_s=args.metrics_window)
+        scrape_interval_s=args.scrape_interval, window_s=args.metrics_window,
+        burst_memory_s=args.burst_memory)
     settings = AutoscalerSettings(
         defaults=defaults, namespaces=namespaces,
         peering=None if args.standalone else args.peering, priority=priority, instance=instance)

@@ -31,6 +31,9 @@ class AutoscalerDefaults:
     scrape_interval_s: float = 15.0  # Prometheus' scrape interval for Triton
     stale_after_intervals: float = 3.0
     window_s: float = 60.0  # the PromQL rate window
+    # How long capacity for a burst's peak is kept after a jump faster than replicas start
+    # (the policy's burst memory; the API has no field for it).
+    burst_memory_s: float = PolicyConfig.burst_memory_s
 
     def staleness_s(self) -> float:
         return self.scrape_interval_s * self.stale_after_intervals
@@ -79,6 +82,7 @@ def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults) -> Policy
         evaluation_interval_s=interval,
         startup_delay_s=defaults.startup_delay_s,
         staleness_s=defaults.staleness_s(),
+        burst_memory_s=defaults.burst_memory_s,
     )
     if errors is not None:
         config = replace(config, error_rate_max=errors.maximum)
