@@ -224,3 +224,39 @@ def test_reservation_limit_wins_over_min_replicas() -> None:
     cfg = replace(CFG, min_replicas=5)
     d = decide(cfg, served_window(0.0, 100.0, 5), PolicyState(), 0.0, replica_limit=3)
     assert d.replicas == 3
+
+
+def _run(cfg: PolicyConfig, rates: list[float], start_ready: int) -> list[int]:
+    state = PolicyState()
+    ready = start_ready
+    out = []
+    for i, rate in enumerate(rates):
+        now = 15.0 * (i + 1)
+        d = decide(cfg, served_window(now, rate, ready, latency_ms=30.0), state, now)
+        state, ready = d.state, d.replicas
+        out.append(ready)
+    return out
+
+
+def test_burst_memory_holds_capacity_after_a_burst_then_lets_go() -> None:
+    quiet, burst = 1000.0, 8000.0
+    rates = [quiet] * 30 + [burst] * 12 + [quiet] * 200  # 7.5 min quiet, a 3-min burst, 50 min
+    counts = _run(CFG, rates, 2)
+    peak = max(counts)
+    assert peak >= burst / 770
+    after = counts[42 + 20:42 + 60]  # 5 to 15 minutes after the burst: mostly still held
+    assert min(after) >= math.ceil(0.6 * burst / 770)  # the peak decays with a 30-min half-life
+    assert max(counts[:30]) <= 3
+    assert counts[-1] <= 3  # released once burst_memory_s has passed
+
+
+def test_smooth_ramps_do_not_count_as_bursts() -> None:
+    rates = [3000.0 + 10.0 * i for i in range(120)] + [4190.0 - 10.0 * i for i in range(120)]
+    state = PolicyState()
+    ready = 5
+    for i, rate in enumerate(rates):
+        now = 15.0 * (i + 1)
+        d = decide(CFG, served_window(now, rate, ready), state, now)
+        state, ready = d.state, d.replicas
+        assert "burst" not in d.reason
+    assert state.last_jump_t is None

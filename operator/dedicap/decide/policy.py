@@ -28,18 +28,21 @@ Algorithm
   1. Freshness. Missing or stale data (no sample, or older than ``staleness_s``, or a NaN
      rate) -> hold the current count (raised to min, lowered only to a hard limit). Never scale
      down blind.
-  2. Capacity per replica at the SLO, learned (``policy_capacity.py``): a decayed fit of batch compute
-     time vs batch size gives the saturated throughput at the largest batch that keeps the
-     latency target, times a knee utilization, times a feedback gain (lowered on capacity
-     breaches, raised slowly while latency stays low at high load).
+  2. Capacity per replica at the SLO, learned (``policy_capacity.py``): a decayed fit of the
+     batch compute time vs batch size (Triton's per-request compute time is size-biased, and
+     corrected for it) gives the saturated throughput at the largest batch that keeps
+     ``delay + 2*S(b)`` within the target; a throughput measured while queues overflowed
+     replaces the extrapolation. The policy plans for ``utilization`` of it (the knee of the
+     latency curve) times a feedback gain: lowered when the latency breaks at a load believed
+     safe, raised back while the latency stays low at high load.
   3. Demand: the offered rate (successes + all failures, so rejected requests count as unmet
-     demand), its Holt forecast one start-up delay plus one evaluation ahead (a replica asked
-     for now serves only after start-up), the backlog in the queues to drain, and a decayed
-     memory of recent peaks that fades over ``burst_memory_s`` when traffic jumps faster than
-     a replica can start.
-  4. Replicas = ceil(demand / capacity). On a capacity breach (latency over target or
-     REJECTED over the error budget) with nothing already starting, at least one more.
-     BACKEND failures are reported, never scaled for.
+     demand); its Holt forecast one start-up delay plus one evaluation ahead (a replica asked
+     for now serves only after start-up); during a breach, the queued requests to drain; after
+     a burst (a rise by half, and by a replica's worth, within one start-up delay), the
+     decaying peak for ``burst_memory_s``, since bursts cluster.
+  4. Replicas = ceil(demand / capacity). On a breach still going on (deep queues or REJECTED
+     over the error budget) with nothing already starting, at least one more. BACKEND failures
+     are reported, never scaled for.
   5. Behaviour: scale up at once (step limit per period); scale down only on fresh, healthy
      data, to the highest recommendation of the stabilization window, within the step limit.
   6. Clamp to [min, max] and to the reservation limit (the limit wins over min).
@@ -51,10 +54,12 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from dedicap.decide.policy_capacity import BatchFit, slo_batch_capacity
 from dedicap.decide.forecast import HoltState, holt_forecast, holt_update
+from dedicap.decide.policy_capacity import BatchFit, size_biased_batch, slo_batch_capacity
 
 Direction = Literal["up", "down", "hold"]
+
+BURST_RISE = 1.5  # a rise by this factor within one start-up delay is a burst
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,11 @@ class Behavior:
     """How fast the replica count may move (the HPA's ``behavior``, same meaning)."""
 
     scale_up_stabilization_s: float = 0.0
-    scale_up_max_percent: float = 100.0  # per period, of the count at the start of the period
-    scale_up_max_replicas: int = 4  # per period; the larger of the two limits applies
+    # per period, of the count at the start of the period, or a number of replicas: the larger
+    # limit applies. Generous: the count comes from measured demand, and a burst from one
+    # replica to a dozen must not wait for several periods (the reservation caps the cost).
+    scale_up_max_percent: float = 200.0
+    scale_up_max_replicas: int = 16
     scale_up_period_s: float = 15.0
     scale_down_stabilization_s: float = 180.0
     scale_down_max_percent: float = 20.0
@@ -92,6 +100,9 @@ class PolicyConfig:
     forecast_trend_tau_s: float = 180.0
     capacity_half_life_s: float = 3600.0
     burst_memory_s: float = 1800.0
+    # after a burst, hold capacity for this multiple of its (decaying) peak: the next burst of
+    # a cluster is rarely the same height
+    burst_headroom: float = 1.25
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,9 @@ class ObservationWindow:
     timestamp: float | None  # time of the newest sample; None when nothing was read
     window_s: float = 60.0
     request_rate: float = math.nan  # offered: successes + failures
+    # the same over a short window (two scrapes, e.g. rate(...[30s])): sees a burst sooner;
+    # NaN when not queried
+    request_rate_short: float = math.nan
     success_rate: float = math.nan
     rejected_rate: float = 0.0  # failures with reason REJECTED (queue timeout / full)
     backend_failure_rate: float = 0.0  # failures with reason BACKEND (model errors)
@@ -123,8 +137,10 @@ class PolicyState:
     fit: BatchFit = field(default_factory=BatchFit)
     gain: float = 1.0
     peak: float = 0.0  # decayed peak of offered rate (burst memory)
-    jumpiness: float = 0.0  # decayed largest rise within one start-up delay, relative
     peak_t: float | None = None
+    last_jump_t: float | None = None  # when the rate last rose faster than start-up allows
+    last_burst_t: float | None = None  # when such a rise last fell back below half its peak
+    recent: tuple[tuple[float, float], ...] = ()  # (time, offered rate) over one start-up
     saturated_rps: float = 0.0  # per-replica throughput measured while queues overflowed
     saturated_t: float | None = None
     since: float | None = None  # first evaluation with fresh data
@@ -136,6 +152,7 @@ class PolicyState:
         d = asdict(self)
         d["recommendations"] = [list(x) for x in self.recommendations]
         d["history"] = [list(x) for x in self.history]
+        d["recent"] = [list(x) for x in self.recent]
         return d
 
     @staticmethod
@@ -148,8 +165,10 @@ class PolicyState:
             fit=BatchFit(**d.get("fit", {})),
             gain=float(d.get("gain", 1.0)),
             peak=float(d.get("peak", 0.0)),
-            jumpiness=float(d.get("jumpiness", 0.0)),
             peak_t=d.get("peak_t"),
+            last_jump_t=d.get("last_jump_t"),
+            last_burst_t=d.get("last_burst_t"),
+            recent=tuple((float(t), float(r)) for t, r in d.get("recent", [])),
             saturated_rps=float(d.get("saturated_rps", 0.0)),
             saturated_t=d.get("saturated_t"),
             since=d.get("since"),
@@ -204,12 +223,13 @@ def capacity_per_replica(
         config.max_queue_delay_ms / 1000.0, state.fit.max_batch_seen,
     )
     if _saturation_valid(config, state, now):
-        # a throughput measured with overflowing queues is the saturated capacity itself,
-        # better than the fit's extrapolation; it applies where the SLO allows full batches
+        # a throughput measured with overflowing queues is a floor of the saturated capacity
+        # (the window may hold unsaturated seconds too, so it only ever raises the estimate);
+        # it applies where the SLO allows full batches
         full = slo_batch_capacity(s0, s1, config.max_batch_size, math.inf, 0.0,
                                   state.fit.max_batch_seen)
         if sat >= full - 1e-9:
-            sat = state.saturated_rps
+            sat = max(sat, state.saturated_rps)
     return max(sat * config.utilization * state.gain, 1e-6)
 
 
@@ -290,7 +310,8 @@ def decide(
     served = window.success_rate if _finite(window.success_rate) else offered
     if _finite(b) and _finite(comp) and b >= 1.0 and comp > 0.0 and served > 0.0:
         weight = min(1.0, served * window.window_s / 1000.0)  # few requests: a noisy point
-        fit = fit.add(b, comp / 1000.0, weight, now, config.capacity_half_life_s)
+        fit = fit.add(size_biased_batch(b), comp / 1000.0, weight, now,
+                      config.capacity_half_life_s)
     sat_rps, sat_t = state.saturated_rps, state.saturated_t
     queue_now = window.queue_depth if _finite(window.queue_depth) else 0.0
     batch_cap = config.max_batch_size or max(2.0 * (b if _finite(b) else 1.0), 2.0)
@@ -304,14 +325,18 @@ def decide(
     cap = capacity_per_replica(config, state, now)
     per_replica = offered / ready if ready > 0 else math.nan
     gain = state.gain
+    span = config.startup_delay_s + window.window_s
+    seen = [r for t, r in state.recent if now - t <= span] + [offered]
+    steady_load = max(seen) <= 1.2 * min(seen)
     if cap is not None and _finite(per_replica):
         load = per_replica / cap
-        if breach and 0.5 <= load <= 1.0 and starting == 0:
-            # the latency broke while the load was within what we believed a replica serves:
-            # we believed too much
+        if breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load:
+            # the latency broke while a steady load was within what we believed a replica
+            # serves: we believed too much (a breach at a burst's onset says nothing of that)
             gain = max(0.5, gain * 0.9)
-        elif (not breach and _finite(lat) and lat < 0.6 * target_ms and load >= 0.85
+        elif (not breach and _finite(lat) and lat < 0.65 * target_ms and load >= 0.85
               and rejected_ratio == 0.0):
+            # comfortably within the SLO at high load: the fit is conservative, creep up
             gain = min(1.0, gain * 1.01)
     state = replace(state, gain=gain)
     cap = capacity_per_replica(config, state, now)
@@ -321,15 +346,41 @@ def decide(
                        config.forecast_trend_tau_s)
     horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
     forecast = holt_forecast(holt, horizon)
-    demand = max(offered, forecast)
+    short = window.request_rate_short
+    rate_now = max(offered, short) if _finite(short) and short >= 0 else offered
+    demand = max(rate_now, forecast)
     if breach and queue_now > ready * batch_cap:
         # drain what waits in the queues within one evaluation interval
         demand += queue_now / max(config.evaluation_interval_s, 1.0)
+    # Burst memory: a rise of more than half within one start-up delay (and worth at least a
+    # replica) cannot be followed by starting replicas. After one, keep capacity for the
+    # (slowly decaying) peak for burst_memory_s: bursts come in clusters, and the next one
+    # would otherwise find the fleet scaled down again.
+    recent = (*((t, r) for t, r in state.recent if now - t <= span), (now, offered))
+    low = min(r for _, r in recent)
+    last_jump_t = state.last_jump_t
+    if cap is not None and rate_now > BURST_RISE * low and rate_now - low >= cap:
+        last_jump_t = now
     peak = state.peak
     if state.peak_t is not None:
         peak *= 0.5 ** (max(now - state.peak_t, 0.0) / max(config.burst_memory_s, 1.0))
-    peak = max(peak, offered)
-    state = replace(state, holt=holt, peak=peak, peak_t=now)
+    peak = max(peak, rate_now)
+    # a burst is a rise that falls back: a step up that stays is a new level, which the
+    # forecast and the stabilization handle without holding extra capacity
+    last_burst_t = state.last_burst_t
+    if (last_jump_t is not None and now - last_jump_t <= config.burst_memory_s
+            and rate_now < 0.5 * peak
+            and (last_burst_t is None or last_burst_t < last_jump_t)):
+        last_burst_t = now  # the fall that completes the latest burst: hold from here
+    bursty = last_burst_t is not None and now - last_burst_t <= config.burst_memory_s
+    state = replace(state, holt=holt, peak=peak, peak_t=now, recent=recent,
+                    last_jump_t=last_jump_t, last_burst_t=last_burst_t)
+    if bursty and peak * config.burst_headroom > demand:
+        demand = peak * config.burst_headroom
+        burst_note = (f"; holding for {config.burst_headroom:g}x a burst peak of "
+                      f"{peak:.0f} req/s")
+    else:
+        burst_note = ""
 
     # 4. Replicas for the demand.
     if cap is None or cap <= 0:
@@ -339,8 +390,8 @@ def decide(
         why = "capacity not yet measured"
     else:
         need = math.ceil(demand / cap - 1e-9) if demand > 0 else 0
-        why = (f"demand {demand:.0f} req/s (now {offered:.0f}, forecast {forecast:.0f}) "
-               f"/ {cap:.0f} req/s per replica")
+        why = (f"demand {demand:.0f} req/s (now {rate_now:.0f}, forecast {forecast:.0f}) "
+               f"/ {cap:.0f} req/s per replica{burst_note}")
     # the summary quantile looks back a whole window: a breach counts only while the queues
     # are still deep (or requests are being rejected), not after the backlog has drained
     breach_now = reject_breach or (latency_breach and queue_now > ready * batch_cap)

@@ -7,6 +7,13 @@ nv_inference_exec_count``) and the compute time per request (``nv_inference_comp
 duration_us / nv_inference_count``, which is the batch's compute time). Each evaluation adds the
 point ``(b, S)`` to an exponentially-forgotten least-squares fit of ``s0`` and ``s1``.
 
+Triton's compute time per request weights each batch by its size, so it measures
+``S`` at the size-biased batch ``E[b^2]/E[b]``, not at the mean batch ``E[b]`` that
+``count / exec_count`` gives. For batch sizes spread about like a Poisson count that is
+``E[b] + 1`` (and exactly 1 when every batch holds one request), so the fit uses
+``size_biased_batch(b) = b + 1 - 1/b``; without it the slope, hence the capacity, would be
+off by several percent.
+
 From the fit, the capacity at the SLO follows from queueing behaviour rather than a fixed ratio:
 
 - a request that arrives at a busy replica waits for the batch in flight and then rides in the
@@ -74,6 +81,12 @@ class BatchFit:
                 return 0.0, my / max(mb, 1e-9)
         s1 = 0.5 * my / max(mb, 1.0)
         return max(my - s1 * mb, 0.0), s1
+
+
+def size_biased_batch(mean_batch: float) -> float:
+    """The batch size at which Triton's per-request compute time is measured (see above)."""
+    b = max(mean_batch, 1.0)
+    return b + 1.0 - 1.0 / b
 
 
 def slo_batch_capacity(

@@ -257,7 +257,7 @@ class StationaryTable:
 
 
 @functools.lru_cache(maxsize=16)
-def stationary_table(model: ServiceModel, seed: int = 1, requests: int = 20000) -> StationaryTable:
+def stationary_table(model: ServiceModel, seed: int = 1, requests: int = 60000) -> StationaryTable:
     """Measure one replica of ``model`` under Poisson load at a grid of rates (exact engine)."""
     rng = np.random.default_rng(seed)
     mu = model.capacity()

@@ -11,9 +11,10 @@ Time advances in ticks (1 s by default). Each tick:
 4. every ``scrape_interval_s`` the counters, gauges and the latency summary are "scraped".
 
 A scaler sees Triton's signals the way the operator would: as of the last scrape, with rates
-over ``window_s`` (``rate(x[1m])``), the summary quantile over the same window, and ready /
-starting replicas from the Kubernetes API (live). Knative's KPA reads its own per-second
-concurrency instead (it scrapes queue-proxies, not Prometheus): ``MetricsView.concurrency``.
+over ``window_s`` (``rate(x[1m])``; the request rate also over two scrapes), the summary
+quantile over the same window, and ready / starting replicas from the Kubernetes API (live).
+Knative's KPA reads its own per-second concurrency instead (it scrapes queue-proxies, not
+Prometheus): ``MetricsView.concurrency``.
 
 Scoring (the benchmark's definitions): a minute is *scored* when at least one request arrived
 in it; it *meets the SLO* when the latency of its successful requests at the SLO percentile is
@@ -162,9 +163,14 @@ class MetricsView:
         scr_hi = round(ts / s.cfg.scrape_interval_s)
         scr_lo = max(scr_hi - round(s.cfg.window_s / s.cfg.scrape_interval_s), 0)
         q = lh.quantile(s.scrape_hist[scr_lo:scr_hi].sum(axis=0), s.cfg.slo_percentile / 100.0)
+        slo_, shi = self._window(ts, 2.0 * s.cfg.scrape_interval_s)
+        short_span = max((shi - slo_) * s.cfg.tick_s, 1e-9)
+        short = float((a["successes"][slo_:shi] + a["rejected"][slo_:shi]
+                       + a["backend"][slo_:shi]).sum()) / short_span
         return ObservationWindow(
             timestamp=ts, window_s=span,
             request_rate=(succ + rej + back) / span,
+            request_rate_short=short,
             success_rate=succ / span,
             rejected_rate=rej / span,
             backend_failure_rate=back / span,
