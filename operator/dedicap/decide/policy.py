@@ -347,7 +347,10 @@ def decide(
     horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
     forecast = holt_forecast(holt, horizon)
     short = window.request_rate_short
-    rate_now = max(offered, short) if _finite(short) and short >= 0 else offered
+    # the short-window rate counts only when it says a burst is under way: on smooth traffic
+    # its extra noise would only buy replicas
+    burst_now = _finite(short) and short > BURST_RISE * offered
+    rate_now = short if burst_now else offered
     demand = max(rate_now, forecast)
     if breach and queue_now > ready * batch_cap:
         # drain what waits in the queues within one evaluation interval
@@ -392,6 +395,14 @@ def decide(
         need = math.ceil(demand / cap - 1e-9) if demand > 0 else 0
         why = (f"demand {demand:.0f} req/s (now {rate_now:.0f}, forecast {forecast:.0f}) "
                f"/ {cap:.0f} req/s per replica{burst_note}")
+        if need < current:
+            # careful scale-down: a replica given up now takes a start-up delay to come back,
+            # so keep enough for the highest rate of the last start-up delay
+            recent_max = max(r for _, r in recent)
+            floor = min(math.ceil(recent_max / cap - 1e-9), current)
+            if floor > need:
+                need = floor
+                why += f"; kept for {recent_max:.0f} req/s seen within one start-up delay"
     # the summary quantile looks back a whole window: a breach counts only while the queues
     # are still deep (or requests are being rejected), not after the backlog has drained
     breach_now = reject_breach or (latency_breach and queue_now > ready * batch_cap)
