@@ -22,7 +22,8 @@ def show(stack: stk.Stack) -> None:
     print(stack.kubectl(
         "get", "nodes", "-L", "dedicap.dev/pool", "-L", "topology.kubernetes.io/zone",
         "-L", "nvidia.com/gpu.product",
-        "-o", "custom-columns=NAME:.metadata.name,STATUS:.status.conditions[-1].type,"
+        "-o", "custom-columns=NAME:.metadata.name,"
+        "READY:.status.conditions[?(@.type==\"Ready\")].status,"
         "POOL:.metadata.labels.dedicap\\.dev/pool,ZONE:.metadata.labels.topology\\.kubernetes\\.io/zone,"
         "GPU:.metadata.labels.nvidia\\.com/gpu\\.product,GPUS:.status.allocatable.nvidia\\.com/gpu",
     ).stdout)

@@ -55,7 +55,7 @@ def _num(value: Any, fmt: str) -> str:
 
 def watch(stack: stk.Stack, seconds: float) -> None:
     """Print a line every 10 s: what the operator sees and decides."""
-    print(f"\n{'t':>5} {'spec':>5} {'ready':>5} {'p95 ms':>7} {'errors':>7} {'req/s':>6}  "
+    print(f"\n{'t':>5} {'want':>5} {'ready':>5} {'p95 ms':>7} {'errors':>7} {'req/s':>6}  "
           "last decision")
     start = time.monotonic()
     while time.monotonic() - start < seconds:
@@ -63,7 +63,8 @@ def watch(stack: stk.Stack, seconds: float) -> None:
         spec, status = md.get("spec", {}), md.get("status", {})
         observed = status.get("observed") or {}
         last = status.get("lastScale") or {}
-        print(f"{time.monotonic() - start:>5.0f} {_num(spec.get('replicas'), 'd'):>5} "
+        want = spec.get("replicas", status.get("desiredReplicas"))
+        print(f"{time.monotonic() - start:>5.0f} {_num(want, 'd'):>5} "
               f"{_num(status.get('readyReplicas'), 'd'):>5} "
               f"{_num(observed.get('p95Ms', observed.get('latencyMs')), '.0f'):>7} "
               f"{_num(observed.get('errorRatio'), '.2%'):>7} "
@@ -78,7 +79,7 @@ def run(stack: stk.Stack, *, with_load: bool = True) -> None:
     stack.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     for ns in (NAMESPACE, "acme-frontend"):
         stack.kubectl("create", "namespace", ns, check=False)
-    dataplane.write_sim(stack.run_dir, {f"{NAMESPACE}/{MODEL}": DEMO_SIM})
+    dataplane.write_sim(stack.run_dir, {"modeldeployments": {f"{NAMESPACE}/{MODEL}": DEMO_SIM}})
     _apply(stack, EXAMPLES / "gpupools.yaml", EXAMPLES / "capacity-reservations.yaml")
     start_operator(stack)
     _apply(stack, EXAMPLES / "modeldeployment-autoscaled.yaml")
