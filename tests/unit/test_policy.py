@@ -220,6 +220,25 @@ def test_holds_on_stale_data_even_when_idle() -> None:
     assert d.replicas == 10 and d.direction == "hold" and "stale" in d.reason
 
 
+def test_an_idle_fleet_that_never_saw_traffic_shrinks_to_min_after_stabilization() -> None:
+    # No request has ever arrived, so no capacity could be learned; fresh data saying "zero"
+    # is not blindness: the fleet goes to minReplicas, but not before the stabilization window.
+    cfg = replace(CFG, min_replicas=2, behavior=Behavior(scale_down_stabilization_s=120.0))
+    state = PolicyState()
+    idle = dict(latency_ms=math.nan, mean_compute_ms=math.nan, mean_batch_size=math.nan,
+                queue_depth=0.0)
+    seen = []
+    ready = 6
+    for i in range(40):
+        now = 15.0 * (i + 1)
+        d = decide(cfg, served_window(now, 0.0, ready, **idle), state, now)
+        state, ready = d.state, d.replicas
+        seen.append((now, ready))
+    assert all(n == 6 for t, n in seen if t < 120.0)
+    assert seen[-1][1] == 2
+    assert "no traffic" in d.reason
+
+
 def test_reservation_limit_wins_over_min_replicas() -> None:
     cfg = replace(CFG, min_replicas=5)
     d = decide(cfg, served_window(0.0, 100.0, 5), PolicyState(), 0.0, replica_limit=3)

@@ -386,7 +386,13 @@ def decide(
         burst_note = ""
 
     # 4. Replicas for the demand.
-    if cap is None or cap <= 0:
+    idle = demand <= 0.0 and queue_now <= 0.0 and max(r for _, r in recent) <= 0.0
+    if (cap is None or cap <= 0) and idle:
+        # fresh data saying nobody called for a whole start-up delay: whatever a replica
+        # serves, none is needed beyond the minimum (the stabilization window still applies)
+        need = 0
+        why = "no traffic"
+    elif cap is None or cap <= 0:
         # nothing learned yet and no hint: the current count is the only safe assumption,
         # plus one on a breach.
         need = current + (1 if breach and starting == 0 else 0)
