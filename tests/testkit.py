@@ -1,27 +1,54 @@
-"""Small helpers shared by the integration tests (importable because pytest puts tests/ on the
-path): bounded polling and Prometheus' HTTP API."""
+"""Helpers shared by the integration tests (importable because pytest puts tests/ on the path):
+bounded polling, kubectl reads, Prometheus' HTTP API, and the operator as a subprocess."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 90, every: float = 1) -> Any:
-    """Poll `check` until it returns something truthy and return that; fail after `timeout`
-    with the last value seen, so a failure says how far things got."""
+
+def wait_for(probe: Callable[[], Any], what: str, timeout: float = 60.0,
+             interval: float = 0.5) -> Any:
+    """Poll `probe` until it returns something truthy and return that. A probe may also fail an
+    assertion while the state is not there yet; after `timeout` the last value or assertion is
+    reported, so a failure says how far things got."""
     deadline = time.monotonic() + timeout
     last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    while True:
+        try:
+            value = probe()
+        except AssertionError as err:
+            value, last = None, err
+        else:
+            last = value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def kget(stack: Any, *args: str) -> Any:
+    """`kubectl get ... -o json`, parsed."""
+    return json.loads(stack.kubectl("get", *args, "-o", "json").stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def prom_query(prom_url: str, promql: str) -> list[dict[str, Any]]:
@@ -32,3 +59,68 @@ def prom_query(prom_url: str, promql: str) -> list[dict[str, Any]]:
     assert body["status"] == "success", body
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
+
+
+class OperatorProcess:
+    """`dedicap run <args>` against the stack as a subprocess that can be killed and restarted;
+    each start logs to its own file, and /metrics is served on a free loopback port."""
+
+    def __init__(self, stack: Any, log_dir: Path, args: Sequence[str],
+                 peering: str | None = None) -> None:
+        self.stack = stack
+        self.log_dir = log_dir
+        self.peering = peering
+        self.args = [*args, *(["--peering", peering] if peering else [])]
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {**os.environ, "KUBECONFIG": str(self.stack.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dedicap.cli", "run", *self.args,
+                 "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no cleanup, as a crash would leave things."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def release_operator_state(stack: Any, peering: str | None = None) -> None:
+    """After the last operator of a test module stops: drop its peering object and take kopf's
+    timer finalizer off the GPUPools, which would otherwise keep a later `kubectl delete
+    gpupool` waiting with no operator left to remove it (a running operator re-adds it)."""
+    if peering:
+        stack.kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found", check=False)
+    for pool in kget(stack, "gpupools")["items"]:
+        if pool["metadata"].get("finalizers") == ["dedicap.dev/timers"]:
+            stack.kubectl("patch", "gpupool", pool["metadata"]["name"], "--type=json", "-p",
+                          '[{"op": "remove", "path": "/metadata/finalizers"}]', check=False)

@@ -10,12 +10,8 @@ tritonserver processes of the data plane, are needed.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,10 @@ from typing import Any
 import pytest
 
 # pytest puts this folder on sys.path (no __init__.py): the enforcement tests' helpers.
-from test_capacity_enforcement import Env, env, wait_for
+from test_capacity_enforcement import Env, env
+
+from testkit import OperatorProcess as Operator
+from testkit import wait_for
 
 pytestmark = pytest.mark.integration
 __all__ = ["env"]  # the fixture, re-used from the enforcement tests
@@ -31,48 +30,20 @@ __all__ = ["env"]  # the fixture, re-used from the enforcement tests
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Operator:
-    def __init__(self, stack: Any, namespaces: str, log: Path) -> None:
-        self.metrics_port = _free_port()
-        self.log = log
-        argv = [str(REPO / ".venv" / "bin" / "dedicap"), "run", "--kubeconfig",
-                str(stack.kubeconfig), "--standalone", "--namespace", namespaces,
-                "--pool-refresh-seconds", "2", "--resync-seconds", "5",
-                "--metrics-port", str(self.metrics_port)]
-        self.out = log.open("w")
-        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "KUBECONFIG": str(stack.kubeconfig)})
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as r:
-            return str(r.read().decode())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.out.close()
-
-
 @pytest.fixture
 def operator(env: Env, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(env.stack, f"t5-*-{env.id}", tmp_path / "operator.log")
+    op = Operator(env.stack, tmp_path, [
+        "--standalone", "--namespace", f"t5-*-{env.id}",
+        "--pool-refresh-seconds", "2", "--resync-seconds", "5"])
+    op.start()
     try:
-        wait_for(lambda: op.proc.poll() is None and _metrics_up(op), "operator metrics",
-                 timeout=60)
+        wait_for(lambda: op.proc is not None and op.proc.poll() is None and _metrics_up(op),
+                 "operator metrics", timeout=60)
         yield op
     finally:
+        proc = op.proc
         op.stop()
-        if op.proc.returncode not in (0, -15, None):
+        if proc is not None and proc.returncode not in (0, -15, None):
             print(op.log.read_text()[-5000:])
 
 

@@ -15,7 +15,7 @@ from dedicap_local import dataplane as dp
 from dedicap_local import loadgen, procs, prometheus, triton
 from dedicap_local import stack as stk
 from testkit import prom_query as query
-from testkit import wait_until
+from testkit import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +75,12 @@ def scraped_pods(stack: stk.Stack, ns: str) -> dict[str, dict[str, str]]:
 def test_a_tritonserver_per_running_pod(stack: stk.Stack, namespace: str) -> None:
     assert stk.status(stack)["dataplane"], "the stack runs the data plane"
     stack.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(model_pods("chat", 2)))
-    pods = wait_until(lambda: (p := running_pods(stack, namespace)) and len(p) == 2 and p,
-                      "2 Running pods")
+    pods = wait_for(lambda: (p := running_pods(stack, namespace)) and len(p) == 2 and p,
+                      "2 Running pods", timeout=90)
 
     # One scraped tritonserver per pod, with the pod's identity as labels.
-    scraped = wait_until(lambda: (s := scraped_pods(stack, namespace)) and set(s) == pods and s,
-                         "Prometheus scraping one Triton per pod")
+    scraped = wait_for(lambda: (s := scraped_pods(stack, namespace)) and set(s) == pods and s,
+                         "Prometheus scraping one Triton per pod", timeout=90)
     for name, labels in scraped.items():
         assert labels["modeldeployment"] == MD and labels["pool"] == "h100"
         assert labels["namespace"] == namespace and labels["pod"] == name
@@ -94,8 +94,9 @@ def test_a_tritonserver_per_running_pod(stack: stk.Stack, namespace: str) -> Non
     assert report.sent > 10 and report.failed == 0, report.summary()
     assert set(report.per_endpoint) == pods
     total = f'sum(nv_inference_request_success{{namespace="{namespace}",modeldeployment="{MD}"}})'
-    wait_until(lambda: (r := query(stack.prometheus_url, total))
-               and float(r[0]["value"][1]) == report.succeeded, "Prometheus counting the load")
+    wait_for(lambda: (r := query(stack.prometheus_url, total))
+               and float(r[0]["value"][1]) == report.succeeded, "Prometheus counting the load",
+               timeout=90)
 
     # A deleted pod takes its process, its target and its endpoint with it; its replacement
     # gets its own.
@@ -104,19 +105,20 @@ def test_a_tritonserver_per_running_pod(stack: stk.Stack, namespace: str) -> Non
     handle = triton.find_triton(stack.run_dir, key)
     assert handle is not None and handle.pid is not None
     stack.kubectl("delete", "pod", "-n", namespace, victim, "--wait=false")
-    wait_until(lambda: triton.find_triton(stack.run_dir, key) is None, "the process to stop")
+    wait_for(lambda: triton.find_triton(stack.run_dir, key) is None, "the process to stop",
+             timeout=90)
     assert key not in prometheus.list_targets(stack.run_dir)
     assert not procs.port_open(handle.http_port)
-    new_pods = wait_until(lambda: (p := running_pods(stack, namespace)) and len(p) == 2
-                          and victim not in p and p, "a replacement pod")
-    wait_until(lambda: set(scraped_pods(stack, namespace)) == new_pods
+    new_pods = wait_for(lambda: (p := running_pods(stack, namespace)) and len(p) == 2
+                          and victim not in p and p, "a replacement pod", timeout=90)
+    wait_for(lambda: set(scraped_pods(stack, namespace)) == new_pods
                and {e["pod"] for e in dp.read_endpoints(stack.run_dir, namespace, MD)} == new_pods,
-               "the replacement scraped and routed")
+               "the replacement scraped and routed", timeout=90)
 
     # Scaled to zero: nothing of it stays running.
     stack.kubectl("scale", "deployment", "-n", namespace, "chat", "--replicas=0")
-    wait_until(lambda: not any(h.name.startswith(f"pod.{namespace}.")
+    wait_for(lambda: not any(h.name.startswith(f"pod.{namespace}.")
                                for h in triton.list_instances(stack.run_dir)),
-               "every process to stop")
-    wait_until(lambda: not dp.endpoints_file(stack.run_dir, namespace, MD).exists(),
-               "the endpoints to go")
+               "every process to stop", timeout=90)
+    wait_for(lambda: not dp.endpoints_file(stack.run_dir, namespace, MD).exists(),
+               "the endpoints to go", timeout=90)

@@ -9,87 +9,23 @@ nodes x 1 GPU); each test uses a few GPUs only.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+
+from testkit import OperatorProcess as Operator
+from testkit import kget, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "deploy" / "examples"
-T = TypeVar("T")
 CHILD_KINDS = "deployments,services,poddisruptionbudgets,networkpolicies"
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0,
-             interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = probe()
-        except AssertionError as err:  # a probe may assert to explain what it saw
-            value, last = None, err
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                                 + (f": {last}" if last else ""))
-        time.sleep(interval)
-
-
-class Operator:
-    """`dedicap run` as a subprocess that can be killed and restarted."""
-
-    def __init__(self, stack: Any, log_dir: Path, peering: str) -> None:
-        self.stack = stack
-        self.log_dir = log_dir
-        self.peering = peering
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
-        env = {**os.environ, "KUBECONFIG": str(self.stack.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dedicap.cli", "run", "--namespace", "dcp-op-*",
-             "--peering", self.peering, "--peering-lifetime", "6",
-             "--pool-refresh-seconds", "2", "--resync-seconds", "5", "--verbose"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        path = self.log_dir / f"operator-{self.starts}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def kget(stack: Any, *args: str) -> Any:
-    return json.loads(stack.kubectl("get", *args, "-o", "json").stdout)
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +34,14 @@ def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
     stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                   "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
     stack.kubectl("apply", "-f", str(EXAMPLES / "gpupools.yaml"))
-    peering = f"dedicap-test-{uuid.uuid4().hex[:6]}"
-    op = Operator(stack, tmp_path_factory.mktemp("operator"), peering)
+    op = Operator(stack, tmp_path_factory.mktemp("operator"), [
+        "--namespace", "dcp-op-*", "--peering-lifetime", "6",
+        "--pool-refresh-seconds", "2", "--resync-seconds", "5", "--verbose",
+    ], peering=f"dedicap-test-{uuid.uuid4().hex[:6]}")
     op.start()
     yield op
     op.stop()
-    stack.kubectl("delete", "clusterkopfpeering", op.peering, "--ignore-not-found", check=False)
-    # kopf's timers put a finalizer on GPUPools; with no operator left running it would keep a
-    # later `kubectl delete gpupool` waiting, so take it off (a running operator re-adds it).
-    for pool in kget(stack, "gpupools")["items"]:
-        if pool["metadata"].get("finalizers") == ["dedicap.dev/timers"]:
-            stack.kubectl("patch", "gpupool", pool["metadata"]["name"], "--type=json", "-p",
-                          '[{"op": "remove", "path": "/metadata/finalizers"}]', check=False)
+    release_operator_state(stack, op.peering)
 
 
 @pytest.fixture
@@ -399,37 +331,33 @@ def test_peering_lets_one_of_two_operators_act(stack: Any, namespace: str,
                                               operator: Operator, tmp_path: Path) -> None:
     """A second operator with a lower priority stays paused while the first lives, and takes
     over when the first goes away."""
-    env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "second.log"
+    assert operator.peering
+    second = Operator(stack, tmp_path, ["--namespace", "dcp-op-*", "--priority", "0",
+                                        "--peering-lifetime", "6"], peering=operator.peering)
 
     def second_acted() -> bool:
-        return f"{namespace}/chat" in log.read_text(errors="replace")
+        return f"{namespace}/chat" in second.log.read_text(errors="replace")
 
     def peers() -> int:
         got = stack.kubectl("get", "clusterkopfpeering", operator.peering, "-o", "json",
                             check=False)
         return len(json.loads(got.stdout).get("status") or {}) if got.returncode == 0 else 0
 
-    with log.open("wb") as out:
-        second = subprocess.Popen(
-            [sys.executable, "-m", "dedicap.cli", "run", "--namespace", "dcp-op-*",
-             "--peering", operator.peering, "--priority", "0", "--peering-lifetime", "6"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        try:
-            wait_for(lambda: peers() >= 2, "both operators in the peering object", timeout=30)
-            apply_example(stack, namespace)
-            stack.kubectl("wait", "--for=condition=Ready", "md/chat", "-n", namespace,
-                          "--timeout=90s")
-            time.sleep(2)
-            assert not second_acted(), "the lower-priority operator acted while paused"
-            # The first one leaves (and says so in the peering object): the second takes over.
-            operator.stop()
-            stack.kubectl("scale", "md/chat", "-n", namespace, "--replicas=3")
-            wait_for(lambda: kget(stack, "deployment", "chat-h100", "-n", namespace)["spec"][
-                "replicas"] == 3, "the second operator to scale the Deployment", timeout=60)
-            assert second_acted()
-        finally:
-            second.terminate()
-            second.wait(timeout=20)
-            if operator.proc is None:
-                operator.start()
+    second.start()
+    try:
+        wait_for(lambda: peers() >= 2, "both operators in the peering object", timeout=30)
+        apply_example(stack, namespace)
+        stack.kubectl("wait", "--for=condition=Ready", "md/chat", "-n", namespace,
+                      "--timeout=90s")
+        time.sleep(2)
+        assert not second_acted(), "the lower-priority operator acted while paused"
+        # The first one leaves (and says so in the peering object): the second takes over.
+        operator.stop()
+        stack.kubectl("scale", "md/chat", "-n", namespace, "--replicas=3")
+        wait_for(lambda: kget(stack, "deployment", "chat-h100", "-n", namespace)["spec"][
+            "replicas"] == 3, "the second operator to scale the Deployment", timeout=60)
+        assert second_acted()
+    finally:
+        second.stop()
+        if operator.proc is None:
+            operator.start()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dedicap_local import stack as stk
-from testkit import wait_until
+from testkit import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_gpu_pods_run_only_on_their_pool(stack: stk.Stack, namespace: str) -> No
         ok = len(ps) == 3 and all(p["status"].get("phase") == "Running" for p in ps)
         return ps if ok else None
 
-    ps = wait_until(running, "3 Running pods")
+    ps = wait_for(running, "3 Running pods", timeout=90)
     for p in ps:
         node = p["spec"]["nodeName"]
         assert labels[node]["dedicap.dev/pool"] == "h100", node
@@ -118,7 +118,7 @@ def test_too_many_gpus_stays_pending_unschedulable(stack: stk.Stack, namespace: 
                     return str(c.get("message", ""))
         return None
 
-    message = wait_until(unschedulable, "the scheduler's Unschedulable reason")
+    message = wait_for(unschedulable, "the scheduler's Unschedulable reason", timeout=90)
     assert "nvidia.com/gpu" in message
     assert all(p["status"].get("phase") == "Pending" for p in pods(stack, namespace, "nine-gpus"))
 
@@ -128,9 +128,9 @@ def test_without_toleration_never_on_a_gpu_node(stack: stk.Stack, namespace: str
                   input=json.dumps(deployment("plain", gpus=0, replicas=3, pool=None,
                                               tolerate=False)))
     labels = node_labels(stack)
-    ps = wait_until(lambda: (lambda ps: ps if len(ps) == 3 and all(
+    ps = wait_for(lambda: (lambda ps: ps if len(ps) == 3 and all(
         p["spec"].get("nodeName") for p in ps) else None)(pods(stack, namespace, "plain")),
-        "3 bound pods")
+        "3 bound pods", timeout=90)
     for p in ps:
         assert "nvidia.com/gpu.product" not in labels[p["spec"]["nodeName"]]
 
@@ -151,7 +151,7 @@ def test_deleting_a_node_moves_pods(stack: stk.Stack, namespace: str) -> None:
             return ps if len(ps) == 2 and all(
                 p["status"].get("phase") == "Running" for p in ps) else None
 
-        before = wait_until(two_running, "2 Running pods")
+        before = wait_for(two_running, "2 Running pods", timeout=90)
         victim = before[0]["spec"]["nodeName"]
         stack.kubectl("delete", "node", victim)
 
@@ -159,7 +159,7 @@ def test_deleting_a_node_moves_pods(stack: stk.Stack, namespace: str) -> None:
             ps = two_running()
             return ps if ps and all(p["spec"]["nodeName"] != victim for p in ps) else None
 
-        after = wait_until(moved, "pods re-created away from the deleted node", timeout=180)
+        after = wait_for(moved, "pods re-created away from the deleted node", timeout=180)
         assert {p["metadata"]["name"] for p in after} != {p["metadata"]["name"] for p in before}
         assert {p["spec"]["nodeName"] for p in after} <= set(names) - {victim}
     finally:
