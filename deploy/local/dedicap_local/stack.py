@@ -110,6 +110,13 @@ def write_kubeconfig(stack: Stack, pki: certs.Pki) -> None:
     stack.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def _client_flags(kubeconfig: str) -> list[str]:
+    """What the controller-manager and the scheduler share: the API server they talk to, who
+    checks callers of their own endpoints, and loopback only."""
+    return [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1"]
+
+
 def _argv(stack: Stack, name: str, pki: certs.Pki) -> list[str]:
     kubeconfig = str(stack.kubeconfig)
     if name == "etcd":
@@ -148,22 +155,20 @@ def _argv(stack: Stack, name: str, pki: certs.Pki) -> list[str]:
         ]
     if name == "kube-controller-manager":
         return [
-            stack.binary("kube-controller-manager"), f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={CONTROLLER_MANAGER_PORT}",
+            stack.binary("kube-controller-manager"), *_client_flags(kubeconfig),
+            f"--secure-port={CONTROLLER_MANAGER_PORT}",
             f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
             "--use-service-account-credentials=false", "--leader-elect=false",
             # No cloud, no pod network: those controllers would only log errors.
             "--controllers=*,-nodeipam,-route,-service,-cloud-node-lifecycle",
-            # Pods of a deleted (simulated) node are collected quickly so they move elsewhere.
+            # Keep few finished pods around: test runs create many.
             "--terminated-pod-gc-threshold=100",
             "--v=1",
         ]
     if name == "kube-scheduler":
         return [
-            stack.binary("kube-scheduler"), f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={SCHEDULER_PORT}",
+            stack.binary("kube-scheduler"), *_client_flags(kubeconfig),
+            f"--secure-port={SCHEDULER_PORT}",
             "--leader-elect=false", "--v=1",
         ]
     if name == "kwok":
