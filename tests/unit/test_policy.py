@@ -279,3 +279,56 @@ def test_smooth_ramps_do_not_count_as_bursts() -> None:
         state, ready = d.state, d.replicas
         assert "burst" not in d.reason
     assert state.last_jump_t is None
+
+
+def _steady(cfg: PolicyConfig, rate: float, minutes: int, state: PolicyState,
+            t0: float = 0.0, latency_ms: float = 70.0) -> tuple[PolicyState, list[int]]:
+    """Evaluations every 15 s of a steady load served by the count the policy asks for."""
+    ready = 10
+    counts = []
+    for i in range(minutes * 4):
+        now = t0 + 15.0 * (i + 1)
+        d = decide(cfg, served_window(now, rate, ready, latency_ms=latency_ms), state, now)
+        state, ready = d.state, d.replicas
+        counts.append(ready)
+    return state, counts
+
+
+def test_error_budget_tightens_a_smooth_fleet_up_to_the_saturated_capacity() -> None:
+    cfg = replace(CFG, budget_step=0.05, miss_budget=0.01)  # faster than the default, same law
+    state, counts = _steady(cfg, 6000.0, 600, PolicyState())
+    assert state.budget > 1.05  # ten hours of met windows at high load
+    assert state.budget <= 1.0 / cfg.utilization + 1e-9  # never past the saturated throughput
+    assert counts[-1] < counts[40]  # fewer replicas for the same load than at the start
+    off, off_counts = _steady(replace(cfg, miss_budget=0.0), 6000.0, 600, PolicyState())
+    assert off.budget == 1.0 and off_counts[-1] >= counts[-1]
+
+
+def test_error_budget_a_missed_steady_window_costs_what_many_met_ones_earned() -> None:
+    state, _ = _steady(CFG, 6000.0, 120, PolicyState())
+    before = state.budget
+    assert before > 1.0
+    now = 120 * 60.0 + 60.0
+    ready = 9
+    w = served_window(now, 6000.0, ready, latency_ms=140.0, queue_depth=ready * 20.0)
+    d = decide(CFG, w, state, now)
+    assert math.isclose(d.state.budget, before * (1.0 - CFG.budget_step))
+    # the fast latency gain creeping back must not undo the budget's verdict
+    for i in range(1, 9):
+        t = now + 15.0 * i
+        d = decide(CFG, served_window(t, 6000.0, d.replicas, latency_ms=50.0), d.state, t)
+    assert d.state.budget < before
+    # what one miss takes back, (1-b)/b met windows give: the factor settles near b misses
+    b = CFG.miss_budget
+    per_met = CFG.budget_step * b / (1.0 - b)
+    assert math.isclose(CFG.budget_step / per_met, (1.0 - b) / b)
+
+
+def test_error_budget_ignores_low_load_and_rises_faster_than_replicas_start() -> None:
+    low, _ = _steady(CFG, 1000.0, 300, PolicyState())  # one replica at a third of its capacity
+    assert low.budget == 1.0
+    state, _ = _steady(CFG, 6000.0, 60, PolicyState())
+    now = 61 * 60.0
+    # the rate doubled within one start-up delay and the latency broke: not a headroom verdict
+    w = served_window(now, 12_000.0, 9, latency_ms=400.0, queue_depth=5000.0)
+    assert decide(CFG, w, state, now).state.budget == state.budget

@@ -34,7 +34,12 @@ Algorithm
      ``delay + 2*S(b)`` within the target; a throughput measured while queues overflowed
      replaces the extrapolation. The policy plans for ``utilization`` of it (the knee of the
      latency curve) times a feedback gain: lowered when the latency breaks at a load believed
-     safe, raised back while the latency stays low at high load.
+     safe, raised back while the latency stays low at high load. Over hours a second, slow
+     factor spends the SLO's error budget: once per window the policy judges what it sees like
+     an SLO-minute; a met one at high load raises it a little, a missed one at steady load
+     lowers it by ``budget_step``, sized so that it settles where about ``miss_budget`` of the
+     steady minutes miss (never above the saturated throughput at the SLO). A new deployment
+     starts at the knee; one whose traffic proves smooth runs closer to its capacity.
   3. Demand: the offered rate (successes + all failures, so rejected requests count as unmet
      demand); its Holt forecast one start-up delay plus one evaluation ahead (a replica asked
      for now serves only after start-up); during a breach, the queued requests to drain; after
@@ -103,6 +108,13 @@ class PolicyConfig:
     # after a burst, hold capacity for this multiple of its (decaying) peak: the next burst of
     # a cluster is rarely the same height
     burst_headroom: float = 1.25
+    # Error-budget feedback: the share of steady-load windows the budget factor may let miss
+    # the SLO while it tightens (half of a 99% SLO-minute objective's budget), and its step
+    # down on a miss (small: a factor that swings costs more than it saves); 0 disables it.
+    # How much headroom a tenant needs depends on how its traffic moves within one start-up
+    # delay, which only the outcome measures.
+    miss_budget: float = 0.005
+    budget_step: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ class PolicyState:
     holt: HoltState | None = None
     fit: BatchFit = field(default_factory=BatchFit)
     gain: float = 1.0
+    budget: float = 1.0  # the error-budget factor (slow), beside the latency gain (fast)
     peak: float = 0.0  # decayed peak of offered rate (burst memory)
     peak_t: float | None = None
     last_jump_t: float | None = None  # when the rate last rose faster than start-up allows
@@ -147,6 +160,7 @@ class PolicyState:
     recommendations: tuple[tuple[float, int], ...] = ()
     history: tuple[tuple[float, int], ...] = ()  # (time, desired) for step limits
     last_eval: float | None = None
+    verdict_t: float | None = None  # when a window was last judged for the error budget
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -164,6 +178,7 @@ class PolicyState:
             holt=HoltState(**holt) if holt else None,
             fit=BatchFit(**d.get("fit", {})),
             gain=float(d.get("gain", 1.0)),
+            budget=float(d.get("budget", 1.0)),
             peak=float(d.get("peak", 0.0)),
             peak_t=d.get("peak_t"),
             last_jump_t=d.get("last_jump_t"),
@@ -175,6 +190,7 @@ class PolicyState:
             recommendations=tuple((float(t), int(n)) for t, n in d.get("recommendations", [])),
             history=tuple((float(t), int(n)) for t, n in d.get("history", [])),
             last_eval=d.get("last_eval"),
+            verdict_t=d.get("verdict_t"),
         )
 
 
@@ -230,7 +246,7 @@ def capacity_per_replica(
                                   state.fit.max_batch_seen)
         if sat >= full - 1e-9:
             sat = max(sat, state.saturated_rps)
-    return max(sat * config.utilization * state.gain, 1e-6)
+    return max(sat * config.utilization * state.gain * state.budget, 1e-6)
 
 
 def _saturation_valid(config: PolicyConfig, state: PolicyState, now: float | None) -> bool:
@@ -238,6 +254,26 @@ def _saturation_valid(config: PolicyConfig, state: PolicyState, now: float | Non
         return False
     age = 0.0 if now is None else max(now - state.saturated_t, 0.0)
     return age <= 2.0 * config.capacity_half_life_s
+
+
+def _spend_error_budget(
+    config: PolicyConfig, budget: float, missed: bool, load: float, steady_load: bool
+) -> float:
+    """The budget factor after judging one window like an SLO-minute (module docstring).
+
+    Up ``budget_step * b / (1 - b)`` per met window at high load and down ``budget_step`` per
+    missed window at steady load: the factor stops drifting where a share ``b`` of those
+    windows miss. A miss during a rise faster than replicas start says nothing about the
+    steady-state headroom (the burst memory handles those), and a met window at low load
+    proves nothing.
+    """
+    b = min(max(config.miss_budget, 0.0), 0.5)
+    ceiling = 1.0 / max(config.utilization, 1e-6)  # plan at most the saturated throughput
+    if missed and steady_load:
+        return max(0.5, budget * (1.0 - config.budget_step))
+    if not missed and load >= 0.8:
+        return min(max(budget, ceiling), budget * (1.0 + config.budget_step * b / (1.0 - b)))
+    return budget
 
 
 def _hold(
@@ -336,9 +372,15 @@ def decide(
             gain = max(0.5, gain * 0.9)
         elif (not breach and _finite(lat) and lat < 0.65 * target_ms and load >= 0.85
               and rejected_ratio == 0.0):
-            # comfortably within the SLO at high load: the fit is conservative, creep up
+            # comfortably within the SLO at high load: the fit is conservative, creep back up
             gain = min(1.0, gain * 1.01)
-    state = replace(state, gain=gain)
+    # the error budget moves its own, slow factor: the fast creep above must not undo it
+    budget, verdict_t = state.budget, state.verdict_t
+    if (config.miss_budget > 0.0 and cap is not None and _finite(per_replica)
+            and (verdict_t is None or now - verdict_t >= window.window_s - 1e-9)):
+        verdict_t = now
+        budget = _spend_error_budget(config, budget, breach, per_replica / cap, steady_load)
+    state = replace(state, gain=gain, budget=budget, verdict_t=verdict_t)
     cap = capacity_per_replica(config, state, now)
 
     # 3. Demand: now, forecast one start-up ahead, backlog, burst memory.
