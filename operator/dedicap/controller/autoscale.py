@@ -18,8 +18,8 @@ One evaluation of one ModelDeployment:
 
 Where it runs: one thread of the operator process, not kopf timers or daemons (those put a
 finalizer on every ModelDeployment, and deleting one would then need a running operator). It
-lists ModelDeployments itself, so it needs no kopf event, and it honours peering by reading the
-peering object and applying kopf's rule (`autoscale_status.peering_allows`): of several
+lists ModelDeployments itself, so it needs no kopf event, and it honours peering through
+`peering.PeeringGate` (the peering object read each round, kopf's rule applied): of several
 operators only the one kopf lets act evaluates.
 """
 
@@ -42,9 +42,10 @@ from pydantic import ValidationError
 
 from dedicap.api.models import ModelDeployment
 from dedicap.controller import autoscale_status as st
-from dedicap.controller import capacity
+from dedicap.controller import capacity, events
 from dedicap.controller import conditions as c
 from dedicap.controller.kube import Kube, KubeError
+from dedicap.controller.peering import PeeringGate
 from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
 from dedicap.controller.reconcile import Reconciler
 from dedicap.decide.policy import Decision, PolicyConfig, PolicyState, decide
@@ -111,7 +112,7 @@ class Autoscaler:
         self._seen_replicas: dict[tuple[str, str], int] = {}
         self._listed: list[dict[str, Any]] = []
         self._listed_at = -math.inf
-        self._was_active: bool | None = None
+        self._gate = PeeringGate(kube, settings.peering, settings.priority, "autoscaler")
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -135,16 +136,7 @@ class Autoscaler:
     # ----------------------------------------------------------------- scheduling
 
     def active(self) -> bool:
-        if self.settings.peering is None:
-            return True
-        try:
-            obj = self.kube.get("ClusterKopfPeering", self.settings.peering)
-        except KubeError as err:
-            log.warning("cannot read peering %s: %s", self.settings.peering, err)
-            return False
-        peers = (obj or {}).get("status")
-        return st.peering_allows(peers if isinstance(peers, Mapping) else None,
-                                 self.settings.priority, datetime.now(UTC))
+        return self._gate.allows()
 
     def served(self, namespace: str) -> bool:
         return not self.settings.namespaces or any(
@@ -152,11 +144,7 @@ class Autoscaler:
 
     def tick(self) -> list[Outcome]:
         """Evaluate every autoscaled ModelDeployment that is due."""
-        active = self.active()
-        if active != self._was_active:
-            log.info("autoscaler %s", "active" if active else "paused (peering)")
-            self._was_active = active
-        if not active:
+        if not self._gate.active():
             # A peer acts; start afresh when it is our turn again.
             self._due.clear()
             self._seen_replicas.clear()
@@ -376,26 +364,9 @@ class Autoscaler:
                when: datetime) -> None:
         meta = body["metadata"]
         log.info("%s/%s: %s %s: %s", meta["namespace"], meta["name"], type_, reason, message)
-        stamp = c.timestamp(when)
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.autoscaler-",
-                         "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": body.get("apiVersion", "dedicap.dev/v1alpha1"),
-                               "kind": "ModelDeployment", "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid"),
-                               "resourceVersion": meta.get("resourceVersion")},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "source": {"component": MANAGER},
-            "reportingComponent": MANAGER,
-            "reportingInstance": self.settings.instance or MANAGER,
-            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-        }
-        try:
-            self.kube.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events",
-                              body=event)
-        except KubeError as err:
-            log.warning("cannot post event %s: %s", reason, err)
+        events.post(self.kube, {"apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
+                                **body}, type_, reason, message,
+                    instance=self.settings.instance, origin="autoscaler", when=when)
 
 
 @dataclass

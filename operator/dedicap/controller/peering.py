@@ -1,0 +1,75 @@
+"""Which of several dedicap processes acts, for the threads that run beside kopf.
+
+kopf pauses its own handlers while a peer outranks this process. The operator's own loops (the
+autoscaler, the periodic resync) are not kopf handlers, so each round they read the
+ClusterKopfPeering object themselves and apply kopf's rule (`autoscale_status.peering_allows`):
+of several processes sharing a peering object only the one kopf lets act does anything. This
+needs no finalizer and no kopf timer on any object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from dedicap.controller.autoscale_status import peering_allows
+from dedicap.controller.kube import Kube, KubeError
+
+log = logging.getLogger(__name__)
+
+PEERING_KIND = "ClusterKopfPeering"
+
+
+def ensure_peering_object(kube: Kube, name: str) -> None:
+    """kopf needs the peering object to exist; create it, tolerating a racing creator."""
+    if kube.get(PEERING_KIND, name) is not None:
+        return
+    try:
+        kube.create({"apiVersion": "kopf.dev/v1", "kind": PEERING_KIND,
+                     "metadata": {"name": name,
+                                  "labels": {"app.kubernetes.io/managed-by": "dedicap"}}})
+    except KubeError as err:
+        if err.status != 409:
+            raise
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class PeeringGate:
+    """Asks the peering object whether this process may act now.
+
+    `name` None means standalone: always act. An unreadable peering object means wait, as kopf
+    does when it cannot tell who else is there. `loop` names the caller in the log line written
+    when the answer changes."""
+
+    kube: Kube
+    name: str | None
+    priority: int
+    loop: str
+    clock: Callable[[], datetime] = _now
+    _was_active: bool | None = field(default=None, init=False)
+
+    def allows(self) -> bool:
+        if self.name is None:
+            return True
+        try:
+            obj = self.kube.get(PEERING_KIND, self.name)
+        except KubeError as err:
+            log.warning("cannot read peering %s: %s", self.name, err)
+            return False
+        peers = (obj or {}).get("status")
+        return peering_allows(peers if isinstance(peers, Mapping) else None, self.priority,
+                              self.clock())
+
+    def active(self) -> bool:
+        """`allows()`, logging when this process starts or stops acting."""
+        active = self.allows()
+        if active != self._was_active:
+            log.info("%s %s", self.loop, "active" if active else "paused (peering)")
+            self._was_active = active
+        return active
