@@ -10,9 +10,10 @@ whole picture (`plan`, pure) from one read of the cluster (`read`) and writes it
 - the two PriorityClasses and the tenants' ClusterRole.
 
 Everything is server-side-applied with the field manager `dedicap` (forced) and derived from
-observed state only, so a restart at any line converges. The kopf handlers (`register`) run it
-when a reservation changes and on a timer (pools, nodes and pods change without touching any
-reservation), at most once per `min_interval` unless a reservation changed.
+observed state only, so a restart at any line converges. A kopf handler (`register`) runs it
+when a reservation changes; the operator's periodic resync (resync.py) runs it every
+`--capacity-seconds`, since pools, nodes and pods change without touching any reservation. At
+most once per `min_interval` unless a reservation changed.
 """
 
 from __future__ import annotations
@@ -313,9 +314,10 @@ def reconcile(kube: Kube, now: datetime, *, tenant_groups: Iterable[str] = ()) -
 
 @dataclass
 class CapacityController:
-    """Runs the capacity reconcile from kopf handlers: one at a time, at most once per
-    `min_interval` seconds for timer ticks (every reservation's timer would otherwise repeat the
-    same cluster-wide work)."""
+    """Runs the capacity reconcile for the reservation handler and the periodic resync: one at
+    a time, and unless forced at most once per `min_interval` seconds (the status writes of a
+    reconcile, and the initial listing of many reservations, come back as events that would
+    otherwise repeat the same cluster-wide work)."""
 
     kube: Kube
     tenant_groups: tuple[str, ...] = ()
@@ -338,13 +340,12 @@ class CapacityController:
         return outcome
 
 
-def register(registry: kopf.OperatorRegistry, controller: CapacityController,
-             timer_interval: float = 15.0) -> None:
+def register(registry: kopf.OperatorRegistry, controller: CapacityController) -> None:
     """Attach the capacity handlers to `registry`.
 
-    Like the ModelDeployment handlers, only watch events and timers: reservations get no
-    finalizer and no progress annotations (deleting one works with the operator down). The timer
-    hangs on the GPUPools, which carry the operator's timer finalizer already.
+    Like the ModelDeployment handlers, only watch events: reservations get no finalizer and no
+    progress annotations (deleting one works with the operator down). The periodic run is the
+    resync thread's (resync.py), not a kopf timer, so no GPUPool carries a finalizer either.
     """
     generations: dict[str, int] = {}
     lock = threading.Lock()
@@ -373,11 +374,6 @@ def register(registry: kopf.OperatorRegistry, controller: CapacityController,
             a = outcome.plan.admissions[name]
             log.log(logging.INFO if a.admitted else logging.WARNING,
                     "CapacityReservation %s: %s: %s", name, a.reason, a.message)
-
-    @kopf.timer("dedicap.dev", "v1alpha1", "gpupools", registry=registry, id="capacity",
-                interval=timer_interval, sharp=False)
-    def capacity_timer(**_: Any) -> None:
-        controller.run(force=False)
 
 
 # ----------------------------------------------------------------------------- planner

@@ -3,14 +3,16 @@
 - every ModelDeployment watch event (including the initial listing after a start) reconciles
   that ModelDeployment; so does every event of a Deployment it owns (status follows
   readyReplicas, and a child deleted or edited by hand is put back);
-- GPUPools: a timer recomputes each pool's status from Nodes and Pods; another re-reconciles
-  the ModelDeployments that list the pool (capacity freed elsewhere, nodes added or removed);
-  a new pool or a changed pool spec reconciles them at once.
+- GPUPools: every event recomputes the pool's status; a new pool or a changed pool spec
+  reconciles the ModelDeployments that list it at once.
 
-Only event handlers and timers are used: no create/update handlers, so kopf keeps no progress
-annotations, and ModelDeployments carry no finalizer (deleting one works with the operator
-down; the garbage collector removes its children through their owner references). Timers need
-a finalizer on their object, which is why they hang on the (administrator-owned) GPUPools.
+What happens on a schedule (pool status from Nodes and Pods, the pools' users re-reconciled,
+the capacity reconcile) is resync.py's thread, not kopf timers.
+
+Only event handlers are used: no create/update handlers, so kopf keeps no progress
+annotations, and no timers or daemons, so kopf puts no finalizer on any object (deleting a
+ModelDeployment or a GPUPool works with the operator down; the garbage collector removes a
+ModelDeployment's children through their owner references).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,11 +34,33 @@ from dedicap.decide.render import LABEL_MANAGED_BY, LABEL_MD, MANAGER
 log = logging.getLogger(__name__)
 
 
+# The finalizer kopf's timers put on GPUPools before the periodic work moved to resync.py.
+LEGACY_FINALIZER = "dedicap.dev/timers"
+
+
 @dataclass(frozen=True)
 class HandlerConfig:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
-    pool_refresh_seconds: float = 10.0
-    resync_seconds: float = 30.0
+
+
+def serves(namespaces: Iterable[str], namespace: str) -> bool:
+    """Whether a ModelDeployment of `namespace` is this operator's (glob patterns; none: all)."""
+    patterns = tuple(namespaces)
+    return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+
+def reconcile_each(reconciler: Reconciler, mds: Iterable[Mapping[str, Any]],
+                   namespaces: Iterable[str],
+                   record_for: Callable[[Mapping[str, Any]], Recorder]) -> None:
+    """Reconcile the served ModelDeployments among `mds`; one failing does not stop the rest."""
+    patterns = tuple(namespaces)
+    for md in mds:
+        if serves(patterns, md["metadata"]["namespace"]):
+            try:
+                reconciler.reconcile_modeldeployment(md, record_for(md))
+            except KubeError as err:
+                log.warning("reconcile of %s/%s failed: %s", md["metadata"]["namespace"],
+                            md["metadata"]["name"], err)
 
 
 def recorder_for(body: Mapping[str, Any]) -> Recorder:
@@ -53,19 +77,6 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler,
     """Register dedicap's handlers on `registry`."""
     pool_generations: dict[str, int] = {}
     pool_generations_lock = threading.Lock()
-
-    def served(namespace: str) -> bool:
-        return not config.namespaces or any(
-            fnmatch.fnmatchcase(namespace, pattern) for pattern in config.namespaces)
-
-    def reconcile_many(mds: Sequence[Mapping[str, Any]]) -> None:
-        for md in mds:
-            if served(md["metadata"]["namespace"]):
-                try:
-                    reconciler.reconcile_modeldeployment(md, recorder_for(md))
-                except KubeError as err:
-                    log.warning("reconcile of %s/%s failed: %s", md["metadata"]["namespace"],
-                                md["metadata"]["name"], err)
 
     @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry,
                    id="modeldeployment")
@@ -96,17 +107,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler,
         reconciler.refresh_pool(body, recorder_for(body))
         if changed and type is not None:
             # A new pool, or new tolerations / selector: its users re-render now.
-            reconcile_many(reconciler.modeldeployments_using(name))
-
-    @kopf.timer(GROUP, VERSION, "gpupools", registry=registry, id="gpupool-status",
-                interval=config.pool_refresh_seconds)
-    def gpupool_status_timer(body: kopf.Body, **_: Any) -> None:
-        reconciler.refresh_pool(body, recorder_for(body))
-
-    @kopf.timer(GROUP, VERSION, "gpupools", registry=registry, id="gpupool-users-resync",
-                interval=config.resync_seconds, initial_delay=config.resync_seconds)
-    def gpupool_users_resync(body: kopf.Body, **_: Any) -> None:
-        reconcile_many(reconciler.modeldeployments_using(body.metadata.name or ""))
+            reconcile_each(reconciler, reconciler.modeldeployments_using(name),
+                           config.namespaces, recorder_for)
 
 
 def configure_settings(settings: kopf.OperatorSettings, *, peering_name: str,
@@ -121,7 +123,10 @@ def configure_settings(settings: kopf.OperatorSettings, *, peering_name: str,
     settings.posting.reporting_component = MANAGER
     settings.posting.reporting_instance = instance
     settings.posting.event_name_prefix = "dedicap-"
-    settings.persistence.finalizer = "dedicap.dev/timers"
+    # No dedicap handler needs a finalizer (no timers, daemons or deletion handlers), so kopf
+    # adds none. kopf always has a finalizer name; this one is what older versions put on
+    # GPUPools, so kopf also recognizes it as its own and drops it where it is not needed.
+    settings.persistence.finalizer = LEGACY_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")

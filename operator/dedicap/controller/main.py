@@ -10,6 +10,10 @@ pauses while a live peer with a higher priority exists, and all pause when two s
 priority; so of several processes exactly one acts. Without `--priority` each process draws a
 random one, which makes the rule pick one of them. A peer that dies without saying goodbye
 (SIGKILL) is considered gone after `--peering-lifetime` seconds.
+
+Periodic work (pool status, the pools' users re-reconciled, capacity) runs on a thread beside
+kopf and follows the same peering; no dedicap object carries a finalizer, so pools,
+reservations and ModelDeployments can be deleted with no operator running.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from collections.abc import Sequence
 
 import kopf
 
-from dedicap.controller import autoscale, capacity, handlers
-from dedicap.controller.kube import Kube, KubeError, load_config
+from dedicap.controller import autoscale, capacity, handlers, resync
+from dedicap.controller.kube import Kube, load_config
 from dedicap.controller.observe import ClusterObserver
+from dedicap.controller.peering import PeeringGate, ensure_peering_object
 from dedicap.controller.reconcile import Reconciler
 from dedicap.decide.render import RenderOptions
 
@@ -58,7 +63,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pool-refresh-seconds", type=float, default=10.0,
                    help="how often each GPUPool's status is recomputed")
     p.add_argument("--resync-seconds", type=float, default=30.0,
-                   help="how often every ModelDeployment is re-reconciled regardless of events")
+                   help="how often the ModelDeployments that list an existing GPUPool are "
+                   "re-reconciled regardless of events")
     p.add_argument("--monitoring-namespace", action="append", metavar="NAMESPACE",
                    default=None, help="namespaces whose pods may scrape Triton's metrics port "
                    "(repeatable; default: $DEDICAP_MONITORING_NAMESPACES or 'monitoring')")
@@ -80,19 +86,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def ensure_peering_object(kube: Kube, name: str) -> None:
-    """kopf needs the peering object to exist; create it, tolerating a racing creator."""
-    if kube.get("ClusterKopfPeering", name) is not None:
-        return
-    try:
-        kube.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-                     "metadata": {"name": name,
-                                  "labels": {"app.kubernetes.io/managed-by": "dedicap"}}})
-    except KubeError as err:
-        if err.status != 409:
-            raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     kopf.configure(verbose=args.verbose, debug=args.debug)
@@ -108,13 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             capacity=planner)
     namespaces = tuple(args.namespace)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, handlers.HandlerConfig(
-        namespaces=namespaces, pool_refresh_seconds=args.pool_refresh_seconds,
-        resync_seconds=args.resync_seconds))
+    handlers.register(registry, reconciler, handlers.HandlerConfig(namespaces=namespaces))
+    capacity_controller = None
     if planner is not None:
-        capacity.register(registry, capacity.CapacityController(
-            kube, tenant_groups=tuple(args.tenant_group), on_outcome=planner.export),
-            timer_interval=args.capacity_seconds)
+        capacity_controller = capacity.CapacityController(
+            kube, tenant_groups=tuple(args.tenant_group), on_outcome=planner.export)
+        capacity.register(registry, capacity_controller)
     priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     instance = f"{socket.gethostname()}-{os.getpid()}"
     if not args.standalone:
@@ -131,16 +123,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.peering.mandatory = not args.standalone
 
     handlers.startup_handler(configure, registry)
-    # The autoscaler runs beside kopf in a thread of its own and follows the same peering.
+    # The autoscaler and the periodic resync run beside kopf, each in a thread of its own, and
+    # follow the same peering.
     autoscaler = autoscale.from_args(args, kube, reconciler, namespaces=namespaces,
                                      priority=priority, instance=instance)
     if planner is not None:
         planner.metrics = autoscaler.metrics  # one registry for every dedicap_* series
+    periodic = resync.PeriodicResync(
+        kube, reconciler,
+        PeeringGate(kube, None if args.standalone else args.peering, priority, "resync"),
+        resync.ResyncIntervals(pool_status_s=args.pool_refresh_seconds,
+                               pool_users_s=args.resync_seconds,
+                               capacity_s=args.capacity_seconds),
+        capacity=capacity_controller, namespaces=namespaces, instance=instance)
+    # Pools an older version left undeletable without an operator: once, before anything runs.
+    resync.release_legacy_finalizers(kube)
     autoscaler.start()
+    periodic.start()
     try:
         kopf.run(registry=registry, clusterwide=not namespaces, namespaces=namespaces,
                  standalone=args.standalone, liveness_endpoint=args.liveness)
     finally:
+        periodic.stop()
         autoscaler.stop()
     return 0
 
