@@ -81,10 +81,3 @@ def test_operator_works_with_the_charts_rbac_only(stack: Any, rbac_kubeconfig: t
             stack.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
             stack.kubectl("delete", "clusterkopfpeering", release, "--ignore-not-found",
                           check=False)
-            # Take kopf's timer finalizer off the pools again (a running operator re-adds it).
-            for pool in json.loads(stack.kubectl("get", "gpupools", "-o", "json").stdout)[
-                    "items"]:
-                if pool["metadata"].get("finalizers") == ["dedicap.dev/timers"]:
-                    stack.kubectl("patch", "gpupool", pool["metadata"]["name"], "--type=json",
-                                  "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]',
-                                  check=False)
