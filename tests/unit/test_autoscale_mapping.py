@@ -12,6 +12,7 @@ import pytest
 from dedicap.api.models import AutoscalingSpec
 from dedicap.controller import autoscale_status as st
 from dedicap.controller import conditions as c
+from dedicap.controller.peering import peering_allows
 from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
 from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState, decide
 from dedicap.metrics.snapshot import MetricsSnapshot
@@ -267,4 +268,4 @@ def peer(priority: int, age_s: float = 1.0, lifetime: int = 30) -> dict[str, Any
     ({}, False),
 ])
 def test_peering_follows_kopfs_rule(peers: dict[str, Any], allowed: bool) -> None:
-    assert st.peering_allows(peers, 5, WHEN) is allowed
+    assert peering_allows(peers, 5, WHEN) is allowed

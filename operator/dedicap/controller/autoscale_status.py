@@ -1,5 +1,5 @@
 """Pure pieces of the autoscaler's edge: what it reads turned into the policy's input, and the
-policy's answer turned into status, conditions, reason codes and the peering verdict.
+policy's answer turned into status, conditions and reason codes.
 
 Condition ownership. The reconciler owns Ready and Progressing and writes Degraded and
 CapacityConstrained from what the children show (a stuck pod, an unplaceable replica). The
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from dedicap.api.models import AutoscalingSpec
@@ -281,33 +281,3 @@ def keep_autoscaler_conditions(previous: Sequence[Mapping[str, Any]], updates: S
             continue
         out.append(cond)
     return out
-
-
-# ----------------------------------------------------------------------------- peering
-
-
-def peering_allows(peers: Mapping[str, Any] | None, priority: int, now: datetime) -> bool:
-    """kopf's rule, from the ClusterKopfPeering object's status: act only while no other live
-    peer has a higher or the same priority. This process's own entry has our priority, so
-    exactly one live entry may have it; none means kopf has not announced us yet: wait."""
-    if not peers:
-        return False
-    same = 0
-    for info in peers.values():
-        if not isinstance(info, Mapping):
-            continue
-        try:
-            seen = datetime.fromisoformat(str(info["lastseen"]))
-            lifetime = timedelta(seconds=int(info.get("lifetime", 60)))
-            prio = int(info.get("priority", 0))
-        except (KeyError, TypeError, ValueError):
-            continue
-        if seen.tzinfo is None:
-            seen = seen.replace(tzinfo=now.tzinfo)
-        if seen + lifetime <= now:
-            continue  # dead
-        if prio > priority:
-            return False
-        if prio == priority:
-            same += 1
-    return same == 1

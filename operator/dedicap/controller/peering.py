@@ -2,7 +2,7 @@
 
 kopf pauses its own handlers while a peer outranks this process. The operator's own loops (the
 autoscaler, the periodic resync) are not kopf handlers, so each round they read the
-ClusterKopfPeering object themselves and apply kopf's rule (`autoscale_status.peering_allows`):
+ClusterKopfPeering object themselves and apply kopf's rule (`peering_allows`):
 of several processes sharing a peering object only the one kopf lets act does anything. This
 needs no finalizer and no kopf timer on any object.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from dedicap.controller.autoscale_status import peering_allows
 from dedicap.controller.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,33 @@ def ensure_peering_object(kube: Kube, name: str) -> None:
     except KubeError as err:
         if err.status != 409:
             raise
+
+
+def peering_allows(peers: Mapping[str, Any] | None, priority: int, now: datetime) -> bool:
+    """kopf's rule, from the ClusterKopfPeering object's status: act only while no other live
+    peer has a higher or the same priority. This process's own entry has our priority, so
+    exactly one live entry may have it; none means kopf has not announced us yet: wait."""
+    if not peers:
+        return False
+    same = 0
+    for info in peers.values():
+        if not isinstance(info, Mapping):
+            continue
+        try:
+            seen = datetime.fromisoformat(str(info["lastseen"]))
+            lifetime = timedelta(seconds=int(info.get("lifetime", 60)))
+            prio = int(info.get("priority", 0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=now.tzinfo)
+        if seen + lifetime <= now:
+            continue  # dead
+        if prio > priority:
+            return False
+        if prio == priority:
+            same += 1
+    return same == 1
 
 
 def _now() -> datetime:
