@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from dedicap.controller import autoscale_status as st
 from dedicap.controller import capacity, events
 from dedicap.controller import conditions as c
 from dedicap.controller.kube import Kube, KubeError
+from dedicap.controller.loop import BackgroundLoop
 from dedicap.controller.peering import PeeringGate
 from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
 from dedicap.controller.reconcile import Reconciler
@@ -96,42 +96,22 @@ class _Tick:
     outage: MetricsSnapshot | None = None
 
 
-class Autoscaler:
+class Autoscaler(BackgroundLoop):
     def __init__(self, kube: Kube, reconciler: Reconciler, client: QueryClient | None,
                  metrics: OperatorMetrics, settings: AutoscalerSettings,
                  clock: Callable[[], float] = time.time) -> None:
+        super().__init__("dedicap-autoscaler", settings.tick_s)
         self.kube = kube
         self.reconciler = reconciler
         self.client = client
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._due: dict[tuple[str, str], float] = {}
         self._seen_replicas: dict[tuple[str, str], int] = {}
         self._listed: list[dict[str, Any]] = []
         self._listed_at = -math.inf
         self._gate = PeeringGate(kube, settings.peering, settings.priority, "autoscaler")
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="dedicap-autoscaler", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # one bad round must not end autoscaling for good
-                log.exception("autoscaler round failed")
-            self._stop.wait(self.settings.tick_s)
 
     # ----------------------------------------------------------------- scheduling
 

@@ -19,7 +19,6 @@ start, the finalizer older versions left on GPUPools.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from dedicap.controller import events
 from dedicap.controller.capacity import CapacityController
 from dedicap.controller.handlers import LEGACY_FINALIZER, reconcile_each
 from dedicap.controller.kube import FIELD_MANAGER, KINDS, Kube, KubeError
+from dedicap.controller.loop import BackgroundLoop
 from dedicap.controller.peering import PeeringGate
 from dedicap.controller.reconcile import Reconciler, Recorder
 
@@ -50,7 +50,7 @@ class _Job:
     due: float
 
 
-class PeriodicResync:
+class PeriodicResync(BackgroundLoop):
     """Runs the periodic jobs while peering lets this process act. A job's next run is one
     interval after its last one ended, as kopf's timers did, so a slow round never piles up."""
 
@@ -58,41 +58,20 @@ class PeriodicResync:
                  intervals: ResyncIntervals, *, capacity: CapacityController | None = None,
                  namespaces: tuple[str, ...] = (), instance: str = "", tick_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__("dedicap-resync", tick_s)
         self.kube = kube
         self.reconciler = reconciler
         self.gate = gate
         self.capacity = capacity
         self.namespaces = namespaces
         self.instance = instance
-        self.tick_s = tick_s
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         now = clock()
         self.jobs = [_Job("pool-status", intervals.pool_status_s, self.refresh_pools, now),
                      _Job("pool-users", intervals.pool_users_s, self.resync_pool_users,
                           now + intervals.pool_users_s)]
         if capacity is not None:
             self.jobs.append(_Job("capacity", intervals.capacity_s, self.run_capacity, now))
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="dedicap-resync", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # one bad round must not end the resync for good
-                log.exception("resync round failed")
-            self._stop.wait(self.tick_s)
 
     def tick(self) -> list[str]:
         """Run the jobs that are due; their names. The peering object is read only when some
@@ -102,7 +81,7 @@ class PeriodicResync:
             return []
         ran = []
         for job in self.jobs:
-            if self._stop.is_set():
+            if self.stopping:
                 break
             if self.clock() < job.due:
                 continue
@@ -121,7 +100,7 @@ class PeriodicResync:
 
     def refresh_pools(self) -> None:
         for pool in self.kube.list("GPUPool"):
-            if self._stop.is_set():
+            if self.stopping:
                 return
             name = pool["metadata"]["name"]
             try:
@@ -143,7 +122,7 @@ class PeriodicResync:
 
     def _until_stopped(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for item in items:
-            if self._stop.is_set():
+            if self.stopping:
                 return
             yield item
 
