@@ -14,123 +14,51 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from dedicap_local import dataplane, loadgen, prometheus
+from testkit import OperatorProcess, kget, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "deploy" / "examples"
 EVAL_S = 5
-T = TypeVar("T")
 # One replica: t(b) = 100 + 10*b ms per batch of b <= 4 -> at most 4/0.14 = 28.6 req/s.
 SLOW_MODEL = {"max_batch_size": 4, "base_ms": 100, "per_item_ms": 10}
 TARGET_MS = 400.0
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0,
-             interval: float = 1.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = probe()
-        except AssertionError as err:
-            value, last = None, err
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                                 + (f": {last}" if last else ""))
-        time.sleep(interval)
-
-
-def kget(stack: Any, *args: str) -> Any:
-    return json.loads(stack.kubectl("get", *args, "-o", "json").stdout)
-
-
-class Operator:
-    def __init__(self, stack: Any, log_dir: Path, peering: str) -> None:
-        self.stack = stack
-        self.log = log_dir / "operator.log"
-        self.peering = peering
-        self.metrics_port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.stack.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dedicap.cli", "run", "--namespace", "dcp-as-*",
-             "--peering", self.peering, "--peering-lifetime", "10",
-             "--pool-refresh-seconds", "2", "--resync-seconds", "5",
-             "--prometheus-url", self.stack.prometheus_url,
-             "--evaluation-interval", str(EVAL_S), "--scrape-interval", "2",
-             "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
-             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1",
-             "--verbose"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     stack.kubectl("apply", "-f", str(ROOT / "crds"))
     stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                   "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
     stack.kubectl("apply", "-f", str(EXAMPLES / "gpupools.yaml"))
-    op = Operator(stack, tmp_path_factory.mktemp("autoscaling"),
-                  f"dedicap-as-{uuid.uuid4().hex[:6]}")
+    op = OperatorProcess(
+        stack, tmp_path_factory.mktemp("autoscaling"),
+        ["--namespace", "dcp-as-*", "--peering-lifetime", "10",
+         "--pool-refresh-seconds", "2", "--resync-seconds", "5",
+         "--prometheus-url", stack.prometheus_url,
+         "--evaluation-interval", str(EVAL_S), "--scrape-interval", "2",
+         "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
+         "--verbose"],
+        peering=f"dedicap-as-{uuid.uuid4().hex[:6]}")
     op.start()
     yield op
     op.stop()
     print(f"operator log: {op.log}")
-    stack.kubectl("delete", "clusterkopfpeering", op.peering, "--ignore-not-found", check=False)
-    for pool in kget(stack, "gpupools")["items"]:
-        if pool["metadata"].get("finalizers") == ["dedicap.dev/timers"]:
-            stack.kubectl("patch", "gpupool", pool["metadata"]["name"], "--type=json", "-p",
-                          '[{"op": "remove", "path": "/metadata/finalizers"}]', check=False)
+    release_operator_state(stack, op.peering)
 
 
 @pytest.fixture
-def namespace(stack: Any, operator: Operator) -> Iterator[str]:
+def namespace(stack: Any, operator: OperatorProcess) -> Iterator[str]:
     name = f"dcp-as-{uuid.uuid4().hex[:6]}"
     stack.kubectl("create", "namespace", name)
     yield name
@@ -191,6 +119,14 @@ def spec_replicas(stack: Any, namespace: str) -> int:
     return int(spec.get("replicas", spec["autoscaling"]["minReplicas"]))
 
 
+def last_scale(stack: Any, namespace: str, name: str = "bot") -> dict[str, Any]:
+    """The ModelDeployment once status.lastScale records the scale now in spec.replicas: the
+    operator patches the scale subresource first and writes the status right after."""
+    return wait_for(lambda: (o := md(stack, namespace, name)) and (
+        ls := o.get("status", {}).get("lastScale")) and ls.get("toReplicas") == o["spec"][
+        "replicas"] and o, "status.lastScale for the new count", timeout=20)
+
+
 def md_columns(stack: Any, namespace: str, name: str = "bot") -> dict[str, str]:
     """`kubectl get md` as the user sees it, by column (empty cells stay empty)."""
     header, *rows = stack.kubectl("get", "md", name, "-n", namespace).stdout.splitlines()
@@ -227,7 +163,7 @@ def metrics_fresh(stack: Any, namespace: str) -> dict[str, Any] | None:
 
 
 def test_load_above_capacity_scales_up_and_p95_returns_under_target(
-        stack: Any, namespace: str, operator: Operator) -> None:
+        stack: Any, namespace: str, operator: OperatorProcess) -> None:
     set_sim(stack, namespace, "bot", SLOW_MODEL)
     apply_md(stack, namespace, min_replicas=1, max_replicas=4,
              scale_down={"stabilizationWindowSeconds": 300})
@@ -246,9 +182,9 @@ def test_load_above_capacity_scales_up_and_p95_returns_under_target(
         wait_for(lambda: spec_replicas(stack, namespace) >= 2, "a scale-up",
                  timeout=6 * EVAL_S)
         t_up = time.monotonic() - t0
-        scaled = md(stack, namespace)
-        assert scaled["status"]["lastScale"]["fromReplicas"] == 1
-        assert scaled["status"]["lastScale"]["reason"] in ("LatencyAboveSLO", "DemandRising")
+        scaled = last_scale(stack, namespace)["status"]["lastScale"]
+        assert 1 <= scaled["fromReplicas"] < scaled["toReplicas"], scaled
+        assert scaled["reason"] in ("LatencyAboveSLO", "DemandRising"), scaled
         assert [e for e in events(stack, namespace, "ScaledUp")]
         # The new pods get real Triton processes, scraped by Prometheus.
         wanted = wait_for(lambda: (n := spec_replicas(stack, namespace)) >= 2 and serving(
@@ -312,7 +248,7 @@ class Timeline:
 
 
 def test_load_falls_scales_down_after_stabilization_never_below_min(
-        stack: Any, namespace: str, operator: Operator) -> None:
+        stack: Any, namespace: str, operator: OperatorProcess) -> None:
     window = 30
     set_sim(stack, namespace, "bot", SLOW_MODEL)
     apply_md(stack, namespace, min_replicas=1, max_replicas=4, replicas=3,
@@ -361,7 +297,7 @@ def test_load_falls_scales_down_after_stabilization_never_below_min(
 
 
 def test_prometheus_down_holds_replicas_and_says_why(
-        stack: Any, namespace: str, operator: Operator) -> None:
+        stack: Any, namespace: str, operator: OperatorProcess) -> None:
     set_sim(stack, namespace, "bot", SLOW_MODEL)
     # A trickle on two replicas with minReplicas 1: with data, the policy would scale down
     # once its 20 s stabilization window has passed.
@@ -384,7 +320,7 @@ def test_prometheus_down_holds_replicas_and_says_why(
     print(json.dumps({"outage_s": 30, "replicas_held": 2}))
 
 
-def _hold_through_outage(stack: Any, namespace: str, operator: Operator) -> None:
+def _hold_through_outage(stack: Any, namespace: str, operator: OperatorProcess) -> None:
     prometheus.stop(stack.run_dir)
     t_stop = time.monotonic()
     try:
@@ -412,7 +348,7 @@ def _hold_through_outage(stack: Any, namespace: str, operator: Operator) -> None
 
 
 def test_backend_errors_do_not_scale_but_rejections_do(
-        stack: Any, namespace: str, operator: Operator) -> None:
+        stack: Any, namespace: str, operator: OperatorProcess) -> None:
     set_sim(stack, namespace, "bot", {**SLOW_MODEL, "fail_ratio": 0.5})
     apply_md(stack, namespace, min_replicas=1, max_replicas=3)
     wait_for(lambda: serving(stack, namespace, 1), "one serving replica", timeout=90)
@@ -446,7 +382,7 @@ def test_backend_errors_do_not_scale_but_rejections_do(
     try:
         wait_for(lambda: spec_replicas(stack, namespace) >= 2, "a scale-up from rejections",
                  timeout=60)
-        obj = md(stack, namespace)
+        obj = last_scale(stack, namespace)
         assert obj["status"]["lastScale"]["reason"] in ("RequestsRejected", "LatencyAboveSLO")
         wait_for(lambda: condition(md(stack, namespace), "Degraded").get("status") == "False",
                  "Degraded cleared once BACKEND errors stop", timeout=40)
@@ -474,14 +410,12 @@ def small_pool(stack: Any) -> Iterator[str]:
                                   "effect": "NoSchedule"}],
                  "gpu": {"product": product, "memoryGiB": 24, "perNode": 2}}}))
     yield name
-    stack.kubectl("patch", "gpupool", name, "--type=json", "-p",
-                  '[{"op": "remove", "path": "/metadata/finalizers"}]', check=False)
     stack.kubectl("delete", "gpupool", name, "--wait=false", check=False)
     stack.kubectl("delete", "node", f"{name}-0", "--wait=false", check=False)
 
 
 def test_slo_breached_at_the_capacity_limit_is_capacity_constrained(
-        stack: Any, namespace: str, operator: Operator, small_pool: str) -> None:
+        stack: Any, namespace: str, operator: OperatorProcess, small_pool: str) -> None:
     set_sim(stack, namespace, "bot", SLOW_MODEL)
     apply_md(stack, namespace, min_replicas=1, max_replicas=5, pools=(small_pool,))
     wait_for(lambda: serving(stack, namespace, 1), "one serving replica", timeout=90)
