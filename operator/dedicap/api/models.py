@@ -467,13 +467,18 @@ class ScaleDecision(_Model):
 class CostStatus(_Model):
     """GPU usage and its cost, from the pools' prices."""
 
-    gpus: int = Field(0, ge=0, description="GPUs requested by the replicas now.")
+    gpus: int = Field(0, ge=0, description=(
+        "GPUs requested by the replicas at the last observation (held since accountedAt)."))
     gpu_hours: float = Field(0.0, alias="gpuHours", ge=0, description=(
-        "GPU-hours accumulated since `since`."))
+        "GPU-hours accumulated from `since` to `accountedAt`."))
     hourly_cost: float = Field(0.0, alias="hourlyCost", ge=0,
                                description="Cost per hour at the current GPU count.")
     currency: str | None = Field(None, max_length=3, description="Currency of the costs.")
     since: datetime | None = Field(None, description="Start of the gpuHours accumulation.")
+    accounted_at: datetime | None = Field(None, alias="accountedAt", description=(
+        "The instant up to which gpuHours is integrated. From it on, `gpus` GPUs count as "
+        "held until the next observation, also while the operator is down: a restarted "
+        "operator charges the time since accountedAt at `gpus`."))
 
 
 class ModelDeploymentStatus(_Model):
