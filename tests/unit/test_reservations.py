@@ -285,13 +285,14 @@ def test_accountant_integrates_per_deployment_and_pool_and_resumes_from_status()
     assert r.gpu_hours == 10.0 and r.by_pool["h100"].gpu_hours == 8.0
     assert r.by_pool["a10g"].gpu_hours == 2.0 and r.since == NOW
     assert r.status()["since"] == "2025-03-01T12:00:00Z"
-    # A new operator process continues from the status it finds, charging nothing for the gap.
+    # A new operator process continues from the status it finds, and charges the 3 hours it
+    # was down at the 2 GPUs held when the status was written.
     fresh = Accountant()
     r2 = fresh.observe("acme", "chat", {"a10g": 2}, pools, NOW + timedelta(hours=5),
                        previous_cost=r.status())
-    assert r2.gpu_hours == 10.0 and r2.since == NOW
+    assert r2.gpu_hours == 16.0 and r2.since == NOW
     r2 = fresh.observe("acme", "chat", {"a10g": 2}, pools, NOW + timedelta(hours=6))
-    assert r2.gpu_hours == 12.0
+    assert r2.gpu_hours == 18.0
 
 
 def test_a_reservation_on_a_pool_the_deployment_does_not_accept_is_explained() -> None:

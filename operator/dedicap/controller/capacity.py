@@ -416,10 +416,15 @@ class CapacityPlanner:
         the per-pool `placement` it computed) and export the per-pool usage."""
         snapshot, _ = self.current()
         gpus_by_pool = {p["pool"]: int(p.get("gpus", 0)) for p in fields.get("placement", [])}
-        previous = (md.status.cost.model_dump(by_alias=True, mode="json")
+        previous = (md.status.cost.model_dump(by_alias=True, mode="json", exclude_none=True)
                     if md.status is not None and md.status.cost is not None else None)
+        # status.placement is written in the same patch as status.cost: its per-pool GPUs are
+        # the counts held at cost.accountedAt, which a restarted operator charges per pool.
+        previous_by_pool = ({p.pool: p.gpus for p in md.status.placement}
+                            if md.status is not None and md.status.placement else None)
         report = self.accountant.observe(md.namespace, md.name, gpus_by_pool,
-                                         snapshot.pool_states(), datetime.now(UTC), previous)
+                                         snapshot.pool_states(), datetime.now(UTC), previous,
+                                         previous_by_pool)
         fields["cost"] = {**fields.get("cost", {}), **report.status()}
         if self.metrics is not None:
             states = snapshot.pool_states()
