@@ -13,6 +13,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def operator(env: Env, tmp_path: Path) -> Iterator[Operator]:
+    # The CRDs of this checkout: a stack kept from an older one would prune newer status fields.
+    env.stack.kubectl("apply", "-f", str(REPO / "crds"))
     op = Operator(env.stack, tmp_path, [
         "--standalone", "--namespace", f"t5-*-{env.id}",
         "--pool-refresh-seconds", "2", "--resync-seconds", "5"])
@@ -244,3 +247,65 @@ def test_kubectl_and_metrics_show_the_figures(env: Env, operator: Operator) -> N
         time.sleep(1)
     assert not missing(), (missing(), [line for line in operator.metrics().splitlines()
                                        if "modeldeployment_" in line and ns in line])
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_gpu_hours_charge_the_time_the_operator_was_down(env: Env, operator: Operator) -> None:
+    pool = env.pool("b", nodes=1, gpus=8)
+    ns = env.namespace("b")
+    res = env.reservation("b", pool.name, 8, [ns])
+    md(env, ns, "billed", [pool.name], replicas=1, reservation=res)
+    wait_for(lambda: len(running_pods(env, ns, "billed")) == 1, "1 replica Running",
+             timeout=120)
+    pods = {p["metadata"]["uid"] for p in running_pods(env, ns, "billed")}
+
+    def cost() -> dict[str, Any]:
+        return dict((get(env, "md", "billed", "-n", ns).get("status") or {}).get("cost") or {})
+    wait_for(lambda: cost().get("gpus") == 8, "8 GPUs held")
+    # A crash: what the dead operator last wrote is the record the next one starts from.
+    operator.kill()
+    down_at = time.time()
+    before = cost()
+    assert before["gpus"] == 8 and before.get("accountedAt"), before
+    time.sleep(20)
+    operator.start()
+    up_at = time.time()
+
+    def resumed() -> dict[str, Any]:
+        c = cost()
+        return c if c.get("accountedAt") and _time(c["accountedAt"]).timestamp() >= up_at else {}
+    # (The record found states the integral exactly while the pods stay as they are, so the
+    # restarted operator rewrites it only once it is older than the rewrite interval.)
+    after = wait_for(resumed, "the restarted operator's status.cost", timeout=90)
+    # The pods held their GPUs all along (nobody touched them).
+    assert {p["metadata"]["uid"] for p in running_pods(env, ns, "billed")} == pods
+    assert after["gpus"] == 8 and after["since"] == before["since"]
+    # 8 GPUs held over the whole span between the two records, the downtime included: the
+    # growth is exactly 8 x that span (it would be about 8 x the few seconds since the restart
+    # if the downtime went uncharged).
+    span = (_time(after["accountedAt"]) - _time(before["accountedAt"])).total_seconds()
+    assert span >= up_at - down_at >= 20
+    grown = after["gpuHours"] - before["gpuHours"]
+    assert grown == pytest.approx(8 * span / 3600, rel=1e-3, abs=2e-6), (before, after)
+    # The restarted process's per-pool series includes the gap too.
+    series = (f'dedicap_modeldeployment_gpu_hours{{modeldeployment="billed",namespace="{ns}",'
+              f'pool="{pool.name}"}} ')
+
+    def pool_hours() -> float:
+        for line in operator.metrics().splitlines():
+            if line.startswith(series):
+                return float(line.split()[-1])
+        return 0.0
+    hours = wait_for(pool_hours, "per-pool GPU-hours exported", timeout=30)
+    assert hours >= 8 * (up_at - down_at) / 3600 * 0.99
+    # Steady pods, steady status: each status write is an event that reconciles the
+    # ModelDeployment again, so writing the growing gpuHours every time would never stop.
+    versions = set()
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        versions.add(get(env, "md", "billed", "-n", ns)["metadata"]["resourceVersion"])
+        time.sleep(0.2)
+    assert len(versions) <= 3, f"{len(versions)} status writes in 8 s"
