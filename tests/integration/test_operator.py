@@ -356,7 +356,9 @@ def test_peering_lets_one_of_two_operators_act(stack: Any, namespace: str,
         stack.kubectl("scale", "md/chat", "-n", namespace, "--replicas=3")
         wait_for(lambda: kget(stack, "deployment", "chat-h100", "-n", namespace)["spec"][
             "replicas"] == 3, "the second operator to scale the Deployment", timeout=60)
-        assert second_acted()
+        # its log names the ModelDeployment once its status pass ends, just after the scale
+        wait_for(second_acted, "the second operator's log to name the ModelDeployment",
+                 timeout=15)
     finally:
         second.stop()
         if operator.proc is None:

@@ -2,7 +2,8 @@
 problem with the spec. Pure (the clock comes in as `now`), so every condition is unit-tested.
 
 The operator owns these status fields; others (the autoscaler's `observed`, `lastScale`,
-`cost.gpuHours`, conditions MetricsAvailable and SLOMet) are left untouched by its patch.
+conditions MetricsAvailable and SLOMet) are left untouched by its patch. `cost` is the
+accountant's (controller/accounting.py), merged into the same patch by the caller.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ class OperatorMetrics:
             "dedicap_modeldeployment_gpus", "GPUs held in a pool.", POOL_LABELS, registry=r)
         self.pool_gpu_hours = Gauge(
             "dedicap_modeldeployment_gpu_hours",
-            "GPU-hours used in a pool since the ModelDeployment was created.",
+            ("GPU-hours held in a pool as counted by this operator process (it starts again with "
+             "the process; status.cost.gpuHours carries the total)."),
             POOL_LABELS, registry=r)
         self.pool_hourly_cost = Gauge(
             "dedicap_modeldeployment_hourly_cost",
