@@ -332,3 +332,27 @@ def test_error_budget_ignores_low_load_and_rises_faster_than_replicas_start() ->
     # the rate doubled within one start-up delay and the latency broke: not a headroom verdict
     w = served_window(now, 12_000.0, 9, latency_ms=400.0, queue_depth=5000.0)
     assert decide(CFG, w, state, now).state.budget == state.budget
+
+
+def test_a_latency_window_from_before_a_scale_up_does_not_lower_the_gain() -> None:
+    # Triton's summaries look back a whole window: right after new replicas start serving,
+    # the quantile still shows the overload the smaller fleet had. That says nothing about
+    # what each replica of the larger fleet serves, so it must not lower the gain.
+    state, _ = _steady(CFG, 3000.0, 30, PolicyState())  # 5-ish replicas, steady
+    t = 31 * 60.0
+    d = decide(CFG, served_window(t, 3000.0, 4, latency_ms=70.0), state, t)
+    t += 15.0
+    grown = decide(CFG, served_window(t, 3000.0, 4, latency_ms=70.0,
+                                      current_replicas=6), d.state, t)
+    # two evaluations later the two new replicas serve; the quantile still shows the breach
+    t += 30.0
+    w = served_window(t, 3000.0, 6, latency_ms=160.0, current_replicas=6)
+    after = decide(CFG, w, grown.state, t)
+    assert after.state.gain == grown.state.gain
+    # the same breach on a fleet that has not changed for a window does lower it
+    state2, _ = _steady(CFG, 3000.0, 30, PolicyState())
+    steady_n = state2.history[-1][1]
+    t2 = 31 * 60.0
+    w2 = served_window(t2, 3000.0, steady_n, latency_ms=160.0,
+                       queue_depth=steady_n * 40.0)
+    assert decide(CFG, w2, state2, t2).state.gain < state2.gain

@@ -366,9 +366,11 @@ def decide(
     steady_load = max(seen) <= 1.2 * min(seen)
     if cap is not None and _finite(per_replica):
         load = per_replica / cap
-        if breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load:
+        if breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load and steady:
             # the latency broke while a steady load was within what we believed a replica
-            # serves: we believed too much (a breach at a burst's onset says nothing of that)
+            # serves: we believed too much (a breach at a burst's onset says nothing of that,
+            # nor does one whose window began before the fleet last changed: Triton's summary
+            # then still shows what the smaller fleet went through)
             gain = max(0.5, gain * 0.9)
         elif (not breach and _finite(lat) and lat < 0.65 * target_ms and load >= 0.85
               and rejected_ratio == 0.0):
