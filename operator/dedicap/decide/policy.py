@@ -161,6 +161,8 @@ class PolicyState:
     history: tuple[tuple[float, int], ...] = ()  # (time, desired) for step limits
     last_eval: float | None = None
     verdict_t: float | None = None  # when a window was last judged for the error budget
+    last_queue: float | None = None  # queued requests at the last evaluation with fresh data
+    last_queue_t: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -191,6 +193,8 @@ class PolicyState:
             history=tuple((float(t), int(n)) for t, n in d.get("history", [])),
             last_eval=d.get("last_eval"),
             verdict_t=d.get("verdict_t"),
+            last_queue=d.get("last_queue"),
+            last_queue_t=d.get("last_queue_t"),
         )
 
 
@@ -366,11 +370,13 @@ def decide(
     steady_load = max(seen) <= 1.2 * min(seen)
     if cap is not None and _finite(per_replica):
         load = per_replica / cap
-        if breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load and steady:
+        current_breach = reject_breach or (latency_breach and queue_now > ready * batch_cap)
+        if current_breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load and steady:
             # the latency broke while a steady load was within what we believed a replica
-            # serves: we believed too much (a breach at a burst's onset says nothing of that,
-            # nor does one whose window began before the fleet last changed: Triton's summary
-            # then still shows what the smaller fleet went through)
+            # serves: we believed too much. Not evidence: a breach at a burst's onset, one whose
+            # window began before the fleet last changed, or a quantile over shallow queues:
+            # Triton's summaries look back up to a minute, so they still show what the fleet
+            # went through before it caught up
             gain = max(0.5, gain * 0.9)
         elif (not breach and _finite(lat) and lat < 0.65 * target_ms and load >= 0.85
               and rejected_ratio == 0.0):
@@ -454,8 +460,15 @@ def decide(
                 need = floor
                 why += f"; kept for {recent_max:.0f} req/s seen within one start-up delay"
     # the summary quantile looks back a whole window: a breach counts only while the queues
-    # are still deep (or requests are being rejected), not after the backlog has drained
-    breach_now = reject_breach or (latency_breach and queue_now > ready * batch_cap)
+    # are still deep (or requests are being rejected), not after the backlog has drained, nor
+    # while it drains: a backlog that shrank since the last evaluation is being served, and
+    # stepping up again before it is gone only buys replicas the demand does not need
+    draining = (state.last_queue is not None and state.last_queue_t is not None
+                and now - state.last_queue_t <= 2.0 * config.evaluation_interval_s + 1e-9
+                and queue_now < state.last_queue)
+    breach_now = reject_breach or (latency_breach and queue_now > ready * batch_cap
+                                   and not draining)
+    state = replace(state, last_queue=queue_now, last_queue_t=now)
     if breach_now and starting == 0 and need <= ready:
         need = ready + max(1, math.ceil(0.1 * ready))
         why += "; capacity breach with nothing starting: one step up"
