@@ -356,3 +356,34 @@ def test_a_latency_window_from_before_a_scale_up_does_not_lower_the_gain() -> No
     w2 = served_window(t2, 3000.0, steady_n, latency_ms=160.0,
                        queue_depth=steady_n * 40.0)
     assert decide(CFG, w2, state2, t2).state.gain < state2.gain
+
+
+def test_a_draining_backlog_is_not_a_breach_to_step_up_for() -> None:
+    state, _ = _steady(CFG, 3000.0, 30, PolicyState())
+    n = state.history[-1][1]
+    t = 31 * 60.0
+    deep = n * 32.0 * 4  # four full batches per replica wait
+    first = decide(CFG, served_window(t, 3000.0, n, latency_ms=900.0, queue_depth=deep),
+                   state, t)
+    assert "one step up" in first.reason  # a deep queue, nothing starting: step up
+    k = first.replicas
+    t += 15.0
+    # the step is served (nothing starting) and the queue is half gone: it is draining
+    draining = decide(CFG, served_window(t, 3000.0, k, latency_ms=900.0,
+                                         queue_depth=deep / 2), first.state, t)
+    assert "one step up" not in draining.reason and draining.replicas == k
+    t += 15.0
+    # it grew again: the fleet is still short
+    growing = decide(CFG, served_window(t, 3000.0, k, latency_ms=900.0,
+                                        queue_depth=deep), draining.state, t)
+    assert "one step up" in growing.reason and growing.replicas > k
+
+
+def test_a_stale_quantile_over_shallow_queues_does_not_cut_the_gain() -> None:
+    state, _ = _steady(CFG, 3000.0, 30, PolicyState())
+    n = state.history[-1][1]
+    t = 31 * 60.0
+    w = served_window(t, 3000.0, n, latency_ms=900.0, queue_depth=float(n))
+    d = decide(CFG, w, state, t)
+    assert d.state.gain == state.gain
+    assert "one step up" not in d.reason
