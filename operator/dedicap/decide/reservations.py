@@ -635,8 +635,6 @@ def resume(memory: GPUHours | None, recorded: GPUHours | None, gpus_now: int,
     base = memory
     if recorded is not None and (memory is None or recorded.at > memory.at):
         base = replace(recorded, at=min(recorded.at, now), since=min(recorded.since, now))
-    if base is None:
-        return accumulate(None, gpus_now, now)
     return accumulate(base, gpus_now, now)
 
 
