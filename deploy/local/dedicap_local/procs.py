@@ -77,10 +77,12 @@ def start(
 
 
 def stop(run_dir: Path, name: str, timeout: float = 15.0) -> bool:
-    """Stop the process group of `name`: SIGTERM, then SIGKILL after `timeout`. True if it ran."""
+    """Stop the process group of `name`: SIGTERM, then SIGKILL after `timeout`. True if it ran.
+    The pid file goes last, so a process that `running_pid` no longer reports has exited (and
+    closed its ports)."""
     pid = running_pid(run_dir, name)
-    pid_file(run_dir, name).unlink(missing_ok=True)
     if pid is None:
+        pid_file(run_dir, name).unlink(missing_ok=True)
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
@@ -92,6 +94,7 @@ def stop(run_dir: Path, name: str, timeout: float = 15.0) -> bool:
             os.killpg(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.05)
+    pid_file(run_dir, name).unlink(missing_ok=True)
     return True
 
 
