@@ -272,8 +272,8 @@ def noise_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     by_key: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_key.setdefault(r["scenario"], {})[r["family"]] = r
-    day = lambda k: int(meta[k]["base"].split("-")[1])  # noqa: E731
-    for key in sorted(by_key, key=lambda k: (day(k), meta[k]["seed"])):
+    for key in sorted(by_key, key=lambda k: (int(meta[k]["base"].split("-")[1]),
+                                              meta[k]["seed"])):
         fam, info = by_key[key], meta[key]
         pol, g = fam["dedicap"], fam["dedicap"]["gpu_hours"]
         peak_h = info["peak"] * info["hours"]

@@ -26,7 +26,6 @@ operators only the one kopf lets act evaluates.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from dedicap.api.models import ModelDeployment
 from dedicap.controller import autoscale_status as st
 from dedicap.controller import capacity, events
 from dedicap.controller import conditions as c
+from dedicap.controller.handlers import serves
 from dedicap.controller.kube import Kube, KubeError
 from dedicap.controller.loop import BackgroundLoop
 from dedicap.controller.peering import PeeringGate
@@ -119,8 +119,7 @@ class Autoscaler(BackgroundLoop):
         return self._gate.allows()
 
     def served(self, namespace: str) -> bool:
-        return not self.settings.namespaces or any(
-            fnmatch.fnmatchcase(namespace, p) for p in self.settings.namespaces)
+        return serves(self.settings.namespaces, namespace)
 
     def tick(self) -> list[Outcome]:
         """Evaluate every autoscaled ModelDeployment that is due."""
