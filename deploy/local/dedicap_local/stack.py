@@ -29,13 +29,16 @@ BIN_DIR = Path(os.environ.get("DEDICAP_BIN_DIR", CACHE / "bin" / "current"))
 RUN_DIR = Path(os.environ.get("DEDICAP_RUN_DIR", CACHE / "run"))
 
 # Ports away from the usual ones, so a stack never collides with a real cluster's components.
-ETCD_CLIENT_PORT = 32379
-ETCD_PEER_PORT = 32380
-APISERVER_PORT = 36443
-CONTROLLER_MANAGER_PORT = 30257
-SCHEDULER_PORT = 30259
-KWOK_PORT = 30247
-PROMETHEUS_PORT = 39090
+# `DEDICAP_PORT_OFFSET` shifts them all, so several stacks (each with its own DEDICAP_RUN_DIR)
+# can run side by side on one machine.
+PORT_OFFSET = int(os.environ.get("DEDICAP_PORT_OFFSET", "0") or 0)
+ETCD_CLIENT_PORT = 32379 + PORT_OFFSET
+ETCD_PEER_PORT = 32380 + PORT_OFFSET
+APISERVER_PORT = 36443 + PORT_OFFSET
+CONTROLLER_MANAGER_PORT = 30257 + PORT_OFFSET
+SCHEDULER_PORT = 30259 + PORT_OFFSET
+KWOK_PORT = 30247 + PORT_OFFSET
+PROMETHEUS_PORT = 39090 + PORT_OFFSET
 
 # Start order; `down` stops in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
