@@ -39,6 +39,12 @@ CONTROLLER_MANAGER_PORT = 30257 + PORT_OFFSET
 SCHEDULER_PORT = 30259 + PORT_OFFSET
 KWOK_PORT = 30247 + PORT_OFFSET
 PROMETHEUS_PORT = 39090 + PORT_OFFSET
+# kwok gives pods addresses from this range, and the stack routes the whole range to the loopback
+# device (`ip route add local`), so a process of the local data plane can listen on its pod's
+# own address, as a container does in its network namespace: Services, EndpointSlices and
+# Prometheus' Kubernetes discovery then point at something that answers. Not 127.0.0.0/8: the
+# API server refuses loopback addresses in EndpointSlices.
+POD_CIDR = f"10.{244 - (PORT_OFFSET // 100) % 40}.0.0/16"
 
 # Start order; `down` stops in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -181,9 +187,30 @@ def _argv(stack: Stack, name: str, pki: certs.Pki) -> list[str]:
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{KWOK_PORT}",
-            "--cidr=10.244.0.1/16", "--node-ip=10.240.0.1",
+            f"--cidr={POD_CIDR.replace('.0/16', '.1/16')}", "--node-ip=10.240.0.1",
         ]
     raise ValueError(name)
+
+
+def route_pod_cidr(cidr: str = POD_CIDR) -> bool:
+    """Make every address of `cidr` local (AnyIP), so data-plane processes can bind pod IPs.
+    Idempotent; needs CAP_NET_ADMIN (root). False, with a warning, where it is not allowed:
+    then pod addresses do not answer and only the data plane's own endpoints reach the pods."""
+    shown = subprocess.run(["ip", "route", "show", "table", "local", cidr],
+                           capture_output=True, text=True, check=False)
+    if shown.returncode == 0 and cidr.split("/")[0] in shown.stdout:
+        return True
+    added = subprocess.run(["ip", "route", "add", "local", cidr, "dev", "lo"],
+                           capture_output=True, text=True, check=False)
+    if added.returncode != 0 and "File exists" not in added.stderr:
+        log(f"warning: cannot route pod addresses {cidr} locally: {added.stderr.strip()}")
+        return False
+    return True
+
+
+def unroute_pod_cidr(cidr: str = POD_CIDR) -> None:
+    subprocess.run(["ip", "route", "del", "local", cidr, "dev", "lo"], capture_output=True,
+                   check=False)
 
 
 def _apiserver_ready(stack: Stack, pki: certs.Pki) -> bool:
@@ -210,6 +237,7 @@ def up(stack: Stack | None = None, *, with_dataplane: bool = True) -> Stack:
     """Bring the stack up (or leave a running one as it is) and return it."""
     stack = stack or Stack()
     stack.run_dir.mkdir(parents=True, exist_ok=True)
+    route_pod_cidr()
     pki = _pki(stack)
     write_kubeconfig(stack, pki)
     for name in COMPONENTS:
@@ -257,6 +285,7 @@ def down(stack: Stack | None = None, *, purge: bool = False) -> None:
     for name in reversed(COMPONENTS):
         if procs.stop(stack.run_dir, name):
             log(f"{name}: stopped")
+    unroute_pod_cidr()
     if purge and stack.run_dir.exists():
         shutil.rmtree(stack.run_dir)
         log(f"removed {stack.run_dir}")
