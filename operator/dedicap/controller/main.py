@@ -5,15 +5,19 @@
     dedicap run --namespace acme -n 'team-*'
     dedicap run --standalone             no peering (a single operator you know is alone)
 
-Peering: every dedicap process announces itself in the ClusterKopfPeering object. A process
-pauses while a live peer with a higher priority exists, and all pause when two share a
-priority; so of several processes exactly one acts. Without `--priority` each process draws a
-random one, which makes the rule pick one of them. A peer that dies without saying goodbye
-(SIGKILL) is considered gone after `--peering-lifetime` seconds.
+How it is built: one watch-backed view of the cluster (view.py) feeds a work queue of
+ModelDeployment reconciles (dispatch.py, reconcile.py), the capacity loop (capacity.py) and the
+autoscaler (autoscale.py); they read only the view and write only what differs. kopf runs the
+process: logging in, peering with the other processes of this installation, the liveness
+endpoint. No dedicap object carries a finalizer, so pools, reservations and ModelDeployments can
+be deleted with no operator running.
 
-Periodic work (pool status, the pools' users re-reconciled, capacity) runs on a thread beside
-kopf and follows the same peering; no dedicap object carries a finalizer, so pools,
-reservations and ModelDeployments can be deleted with no operator running.
+Peering: every dedicap process announces itself in the ClusterKopfPeering object of its
+installation. A process pauses while a live peer with a higher priority exists, and all pause
+when two share a priority; so of several processes exactly one acts. Without `--priority` each
+process draws a random one, which makes the rule pick one of them. A peer that dies without
+saying goodbye (SIGKILL) is considered gone after `--peering-lifetime` seconds. Installations
+(other peering names, other namespaces) divide the work by their namespaces (peering.py).
 """
 
 from __future__ import annotations
@@ -24,16 +28,22 @@ import os
 import random
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import kopf
 
-from dedicap.controller import autoscale, capacity, handlers, resync
+from dedicap.api.models import GROUP
+from dedicap.controller import autoscale
+from dedicap.controller.capacity import CapacityLoop
+from dedicap.controller.dispatch import Dispatcher
+from dedicap.controller.events import EventRecorder
 from dedicap.controller.kube import Kube, load_config
-from dedicap.controller.observe import ClusterObserver
+from dedicap.controller.legacy import LEGACY_FINALIZER, release_legacy_finalizers
 from dedicap.controller.peering import PeeringGate, ensure_peering_object
-from dedicap.controller.reconcile import Reconciler
-from dedicap.decide.render import RenderOptions
+from dedicap.controller.reconcile import CapacityPlanner, Reconciler
+from dedicap.controller.view import ClusterView
+from dedicap.decide.render import MANAGER, RenderOptions
 
 log = logging.getLogger("dedicap")
 
@@ -61,10 +71,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--peering-lifetime", type=int, default=30, metavar="SECONDS",
                    help="after this long without a keep-alive a peer counts as gone")
     p.add_argument("--pool-refresh-seconds", type=float, default=10.0,
-                   help="how often each GPUPool's status is recomputed")
-    p.add_argument("--resync-seconds", type=float, default=30.0,
-                   help="how often the ModelDeployments that list an existing GPUPool are "
-                   "re-reconciled regardless of events")
+                   help="GPUPool status follows every change at once; at the latest it is "
+                   "recomputed this often")
+    p.add_argument("--resync-seconds", type=float, default=300.0,
+                   help="every ModelDeployment is reconciled at least this often, whatever the "
+                   "events (a safety net: an unchanged one costs no API request)")
     p.add_argument("--monitoring-namespace", action="append", metavar="NAMESPACE",
                    default=None, help="namespaces whose pods may scrape Triton's metrics port "
                    "(repeatable; default: $DEDICAP_MONITORING_NAMESPACES or 'monitoring')")
@@ -76,7 +87,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="a group of tenant users who may read reservations and pools "
                    "(repeatable; default: $DEDICAP_TENANT_GROUPS, comma-separated)")
     p.add_argument("--capacity-seconds", type=float, default=15.0,
-                   help="how often admissions, quotas and pool figures are recomputed")
+                   help="admissions, quotas and pool figures follow every change at once; at "
+                   "the latest they are recomputed this often (reservation windows)")
     p.add_argument("--no-capacity", dest="capacity", action="store_false",
                    help="no CapacityReservations: plain placement, and no quotas, priority "
                    "classes or tenant RBAC written (for clusters where the operator may not)")
@@ -86,6 +98,44 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+def configure_kopf(settings: kopf.OperatorSettings, *, peering_name: str, priority: int,
+                   lifetime: int, instance: str, standalone: bool) -> None:
+    settings.peering.name = peering_name
+    settings.peering.priority = priority
+    settings.peering.lifetime = lifetime
+    # One peering neighbourhood for every process of the installation, whatever it serves.
+    settings.peering.clusterwide = True
+    settings.peering.stealth = True
+    settings.peering.standalone = standalone
+    settings.peering.mandatory = not standalone
+    settings.posting.reporting_component = MANAGER
+    settings.posting.reporting_instance = instance
+    settings.posting.event_name_prefix = "dedicap-"
+    # kopf always has a finalizer name; this one is what older versions put on GPUPools, so
+    # kopf recognizes it as its own and never adds it (no handler here needs one).
+    settings.persistence.finalizer = LEGACY_FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+
+
+def kopf_registry(configure: Callable[[kopf.OperatorSettings], None]) -> kopf.OperatorRegistry:
+    """kopf's part: settings at start-up and the login. It registers no resource handler: the
+    view watches what the operator reads, and kopf only runs the process and its peering."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry, id="settings")
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+
+    @kopf.on.login(registry=registry, id="login")
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The official client's configuration: in-cluster service account or $KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
+    return registry
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     kopf.configure(verbose=args.verbose, debug=args.debug)
@@ -93,59 +143,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         # kopf logs in through the same client configuration.
         os.environ["KUBECONFIG"] = args.kubeconfig
     kube = Kube(load_config(args.kubeconfig))
-    monitoring = args.monitoring_namespace or _env_list(
-        "DEDICAP_MONITORING_NAMESPACES", ["monitoring"])
-    planner = capacity.CapacityPlanner(kube) if args.capacity else None
-    reconciler = Reconciler(kube, ClusterObserver(kube),
-                            RenderOptions(monitoring_namespaces=tuple(monitoring)),
-                            capacity=planner)
     namespaces = tuple(args.namespace)
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, handlers.HandlerConfig(namespaces=namespaces))
-    capacity_controller = None
-    if planner is not None:
-        capacity_controller = capacity.CapacityController(
-            kube, tenant_groups=tuple(args.tenant_group), on_outcome=planner.export)
-        capacity.register(registry, capacity_controller)
     priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     instance = f"{socket.gethostname()}-{os.getpid()}"
-    if not args.standalone:
-        ensure_peering_object(kube, args.peering)
+    peering = None if args.standalone else args.peering
+    monitoring = args.monitoring_namespace or _env_list(
+        "DEDICAP_MONITORING_NAMESPACES", ["monitoring"])
+
+    metrics = autoscale.metrics_from_args(args)
+    kube.observers.append(metrics.observe_api)
+    view = ClusterView(kube, capacity=args.capacity)
+    view.count_restarts(lambda kind, cause: metrics.watch_restarts.labels(kind, cause).inc())
+    gate = PeeringGate(kube, peering, priority, "operator", namespaces=namespaces,
+                       instance=instance, lifetime_s=args.peering_lifetime,
+                       read=view.peering_status)
+    events = EventRecorder(kube, instance)
+    planner = CapacityPlanner() if args.capacity else None
+    reconciler = Reconciler(kube, view, events,
+                            RenderOptions(monitoring_namespaces=tuple(monitoring)),
+                            capacity=planner, metrics=metrics)
+    capacity = CapacityLoop(kube, view, gate, events, planner=planner, metrics=metrics,
+                            tenant_groups=tuple(args.tenant_group),
+                            interval_s=min(args.capacity_seconds, args.pool_refresh_seconds))
+    dispatcher = Dispatcher(view, reconciler, gate, capacity, workers=args.workers,
+                            resync_s=args.resync_seconds)
+    autoscaler = autoscale.Autoscaler(
+        kube, view, reconciler, events, autoscale.client_from_args(args), metrics,
+        autoscale.AutoscalerSettings(defaults=autoscale.defaults_from_args(args)), gate)
+
+    if peering is not None:
+        ensure_peering_object(kube, peering)
     log.info("dedicap operator %s: %s, peering %s", instance,
              f"namespaces {list(namespaces)}" if namespaces else "all namespaces",
-             "off (standalone)" if args.standalone else f"{args.peering!r} priority {priority}")
+             "off (standalone)" if peering is None else f"{peering!r} priority {priority}")
+    # Pools an older version left undeletable without an operator: once, before anything runs.
+    release_legacy_finalizers(kube)
+    dispatcher.register()
+    view.start()
+    if not view.wait_synced(60):
+        log.warning("the cluster view is not complete after 60s; work starts as it fills")
+    loops = (dispatcher, capacity, autoscaler)
+    for loop in loops:
+        loop.start()
 
     def configure(settings: kopf.OperatorSettings) -> None:
-        handlers.configure_settings(settings, peering_name=args.peering, priority=priority,
-                                    lifetime=args.peering_lifetime, instance=instance,
-                                    max_workers=args.workers)
-        settings.peering.standalone = args.standalone
-        settings.peering.mandatory = not args.standalone
+        configure_kopf(settings, peering_name=args.peering, priority=priority,
+                       lifetime=args.peering_lifetime, instance=instance,
+                       standalone=args.standalone)
 
-    handlers.startup_handler(configure, registry)
-    # The autoscaler and the periodic resync run beside kopf, each in a thread of its own, and
-    # follow the same peering.
-    autoscaler = autoscale.from_args(args, kube, reconciler, namespaces=namespaces,
-                                     priority=priority, instance=instance)
-    if planner is not None:
-        planner.metrics = autoscaler.metrics  # one registry for every dedicap_* series
-    periodic = resync.PeriodicResync(
-        kube, reconciler,
-        PeeringGate(kube, None if args.standalone else args.peering, priority, "resync"),
-        resync.ResyncIntervals(pool_status_s=args.pool_refresh_seconds,
-                               pool_users_s=args.resync_seconds,
-                               capacity_s=args.capacity_seconds),
-        capacity=capacity_controller, namespaces=namespaces, instance=instance)
-    # Pools an older version left undeletable without an operator: once, before anything runs.
-    resync.release_legacy_finalizers(kube)
-    autoscaler.start()
-    periodic.start()
     try:
-        kopf.run(registry=registry, clusterwide=not namespaces, namespaces=namespaces,
-                 standalone=args.standalone, liveness_endpoint=args.liveness)
+        kopf.run(registry=kopf_registry(configure), clusterwide=not namespaces,
+                 namespaces=namespaces, standalone=args.standalone,
+                 liveness_endpoint=args.liveness)
     finally:
-        periodic.stop()
-        autoscaler.stop()
+        for loop in loops:
+            loop.stop()
+        view.stop()
+        gate.withdraw()
     return 0
 
 
