@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from dedicap.api.models import AutoscalingSpec
 from dedicap.api import conditions as c
+from dedicap.api.models import AutoscalingSpec
 from dedicap.controller import autoscale as asc
 from dedicap.controller.peering import peering_allows
+from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
 from dedicap.controller.status import autoscaling as st
 from dedicap.decide.cluster import PodInfo, parse_pod
-from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
 from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState, decide
 from dedicap.metrics.snapshot import MetricsSnapshot
 

@@ -88,8 +88,8 @@ def test_without_a_reservation_every_replica_is_burst_under_the_plain_name() -> 
     md = _md(2, reservation=None)
     placement = place_reserved(md, _states(), pl.Entitlement())
     assert plans(placement) == [("h100", 2, "dedicap-burst")]
-    names = [o["metadata"]["name"] for o in render(md, placement, {"h100": SPEC, "a10g": A10G}, CAPACITY)
-             if o["kind"] == "Deployment"]
+    names = [o["metadata"]["name"] for o in render(md, placement, {"h100": SPEC, "a10g": A10G},
+                                                   CAPACITY) if o["kind"] == "Deployment"]
     assert names == ["chat-h100"]
 
 

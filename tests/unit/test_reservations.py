@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from dedicap.api.models import CapacityReservation
-from dedicap.decide import reservations as rv
 from dedicap.decide import placement as pl
+from dedicap.decide import reservations as rv
 from dedicap.decide.accounting import accumulate, hourly_cost
 from dedicap.decide.cluster import PodInfo
 from dedicap.decide.placement import (
@@ -26,7 +26,7 @@ from dedicap.decide.reservations import (
 )
 
 
-def GPUPod(namespace: str, name: str, node: str, gpus: int, priority: int = 0,  # noqa: N802
+def GPUPod(namespace: str, name: str, node: str, gpus: int, priority: int = 0,
            owner: str = "", reservation: str = "", capacity: str = "",
            bound: bool = True) -> PodInfo:
     """A pod holding GPUs, as the one pod parser describes it."""
