@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dedicap.api.models import CapacityReservation
+from dedicap.api.models import CapacityReservation, GPUPool
 from dedicap.decide import placement as pl
 from dedicap.decide import reservations as rv
 from dedicap.decide.accounting import accumulate, hourly_cost
-from dedicap.decide.cluster import PodInfo
+from dedicap.decide.cluster import ClusterState, NodeInfo, PodInfo
 from dedicap.decide.placement import (
     Entitlement,
     NodeState,
     PlacementRequest,
     PoolState,
-    node_states,
     place,
 )
 from dedicap.decide.reservations import (
@@ -142,13 +141,17 @@ def test_quota_is_reservations_plus_burst_in_effect_per_namespace() -> None:
 # ----------------------------------------------------------------------------- state and usage
 
 
-def test_node_states_leave_out_own_pods_and_split_protected() -> None:
+def test_pool_states_leave_out_own_pods_and_split_protected() -> None:
     pods = [GPUPod("acme", "p1", "n0", 2, rv_priority(True), "acme/chat", "r", rv.RESERVED),
             GPUPod("beta", "p2", "n0", 3, rv_priority(False), "beta/x", "b", rv.BURST),
             GPUPod("ops", "p3", "n1", 1, 0)]
-    nodes = node_states([("n1", "zone-b", 8), ("n0", "zone-a", 8)], pods,
-                        exclude_owner="acme/chat", protected_priority=1_000_000)
-    assert [n.name for n in nodes] == ["n0", "n1"]
+    pool = GPUPool.model_validate({"metadata": {"name": "h100"}, "spec": {
+        "nodeSelector": {"p": "h100"}, "gpu": {"product": "H100", "memoryGiB": 80}}})
+    state = ClusterState({"h100": pool}, tuple(
+        NodeInfo(name, {"p": "h100", "topology.kubernetes.io/zone": zone}, 8, 8, True, False)
+        for name, zone in (("n1", "zone-b"), ("n0", "zone-a"))), tuple(pods))
+    nodes = state.pool_states("acme/chat", protected_priority=1_000_000)["h100"].nodes
+    assert [(n.name, n.zone) for n in nodes] == [("n0", "zone-a"), ("n1", "zone-b")]
     assert (nodes[0].used, nodes[0].used_protected, nodes[0].free, nodes[0].reclaimable) == (
         3, 0, 5, 8)
     assert nodes[1].free == 7 and nodes[1].reclaimable == 8

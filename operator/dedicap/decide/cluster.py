@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
 
 from dedicap.api.models import CapacityReservation, GPUPool
-from dedicap.decide.placement import PoolState, node_states
+from dedicap.decide.placement import NodeState, PoolState
 
 GPU_RESOURCE = "nvidia.com/gpu"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -216,7 +217,23 @@ class ClusterState:
     namespaces: frozenset[str] = frozenset()
 
     def pool_nodes(self, pool: GPUPool) -> list[NodeInfo]:
+        name = pool.metadata.get("name")
+        if isinstance(name, str) and self.pools.get(name) is pool:
+            return self._members[name]
         return [n for n in self.nodes if selects(pool.spec.node_selector, n.labels)]
+
+    # A state is read by every reconcile until the next change: what every placement needs is
+    # worked out once per state (frozen dataclass: cached_property writes the instance dict).
+    @cached_property
+    def _members(self) -> dict[str, list[NodeInfo]]:
+        return {name: [n for n in self.nodes if selects(p.spec.node_selector, n.labels)]
+                for name, p in self.pools.items()}
+
+    def _usage(self, protected_priority: int | None) -> _Usage:
+        cache: dict[int | None, _Usage] = self.__dict__.setdefault("_usage_cache", {})
+        if protected_priority not in cache:
+            cache[protected_priority] = _Usage.of(self.pods, protected_priority)
+        return cache[protected_priority]
 
     def pool_capacity(self) -> dict[str, int]:
         """GPUs of each pool for admission: the capacity of every node in it, Ready or not, so
@@ -245,15 +262,43 @@ class ClusterState:
         (`<namespace>/<name>`): its own replicas do not count against the free GPUs, so the
         placement it already has stays feasible. Pods at or above `protected_priority` cannot
         be preempted (None: none can)."""
+        usage = self._usage(protected_priority)
+        mine = usage.by_owner.get(exclude_owner, {}) if exclude_owner else {}
         out = {}
         for name, pool in self.pools.items():
-            members = [(n.name, n.zone, n.allocatable_gpus if n.schedulable else 0)
-                       for n in self.pool_nodes(pool)]
-            names = {m[0] for m in members}
+            nodes = []
+            for n in sorted(self._members[name], key=lambda n: n.name):
+                used, protected = usage.by_node.get(n.name, (0, 0))
+                own_used, own_protected = mine.get(n.name, (0, 0))
+                nodes.append(NodeState(n.name, n.zone, n.allocatable_gpus if n.schedulable else 0,
+                                       used - own_used, protected - own_protected))
             out[name] = PoolState(
-                name, pool.spec.gpu.memory_gib,
-                node_states(members, (p for p in self.pods if p.holds_gpus and p.node in names),
-                            exclude_owner=exclude_owner, protected_priority=protected_priority),
-                pool.spec.price_per_gpu_hour, pool.spec.currency,
-                ready_nodes=sum(1 for n in self.pool_nodes(pool) if n.schedulable))
+                name, pool.spec.gpu.memory_gib, tuple(nodes), pool.spec.price_per_gpu_hour,
+                pool.spec.currency,
+                ready_nodes=sum(1 for n in self._members[name] if n.schedulable))
         return out
+
+
+@dataclass(frozen=True)
+class _Usage:
+    """GPUs held per node (used, of which protected from preemption), in total and per owner."""
+
+    by_node: Mapping[str, tuple[int, int]]
+    by_owner: Mapping[str, Mapping[str, tuple[int, int]]]
+
+    @staticmethod
+    def of(pods: Iterable[PodInfo], protected_priority: int | None) -> _Usage:
+        by_node: dict[str, tuple[int, int]] = {}
+        by_owner: dict[str, dict[str, tuple[int, int]]] = {}
+        for p in pods:
+            if not p.holds_gpus:
+                continue
+            protected = p.gpus if protected_priority is None or p.priority >= protected_priority \
+                else 0
+            used, prot = by_node.get(p.node, (0, 0))
+            by_node[p.node] = (used + p.gpus, prot + protected)
+            if p.owner:
+                owned = by_owner.setdefault(p.owner, {})
+                used, prot = owned.get(p.node, (0, 0))
+                owned[p.node] = (used + p.gpus, prot + protected)
+        return _Usage(by_node, by_owner)

@@ -29,9 +29,8 @@ it already has stays feasible.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 RESERVED = "reserved"
 BURST = "burst"
@@ -104,38 +103,6 @@ class PoolState:
         if self.ready_nodes is not None:
             return self.ready_nodes > 0
         return any(n.allocatable > 0 for n in self.nodes)
-
-
-class _Pod(Protocol):
-    """What `node_states` needs of a pod (decide.cluster.PodInfo has it)."""
-
-    @property
-    def node(self) -> str: ...
-    @property
-    def gpus(self) -> int: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def owner(self) -> str: ...
-
-
-def node_states(nodes: Iterable[tuple[str, str, int]], pods: Iterable[_Pod], *,
-                exclude_owner: str = "", protected_priority: int | None = None
-                ) -> tuple[NodeState, ...]:
-    """Nodes `(name, zone, allocatable)` with the GPUs of `pods` on them, leaving out the pods
-    of `exclude_owner` (the ModelDeployment being placed: its own replicas are what it
-    re-places). Pods at or above `protected_priority` cannot be preempted by a reserved
-    replica (None: no pod can, as without capacity management)."""
-    used: dict[str, int] = {}
-    protected: dict[str, int] = {}
-    for p in pods:
-        if exclude_owner and p.owner == exclude_owner:
-            continue
-        used[p.node] = used.get(p.node, 0) + p.gpus
-        if protected_priority is None or p.priority >= protected_priority:
-            protected[p.node] = protected.get(p.node, 0) + p.gpus
-    return tuple(NodeState(n, z, a, used.get(n, 0), protected.get(n, 0))
-                 for n, z, a in sorted(nodes))
 
 
 @dataclass(frozen=True)

@@ -177,10 +177,10 @@ class PolicyState:
         that is not finite or out of range, an overlong list — raises ValueError instead of
         being coerced: a state read back from storage is input, and a bad one must cost a
         fresh start, never a wrong decision."""
-        if not d:
-            return PolicyState()
         if strict:
             _check_state(d)
+        if not d:
+            return PolicyState()
         holt = d.get("holt")
         return PolicyState(
             holt=HoltState(**holt) if holt else None,
