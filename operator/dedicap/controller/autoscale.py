@@ -207,7 +207,7 @@ class Autoscaler(BackgroundLoop):
 
     def tick(self) -> list[Outcome]:
         """Evaluate every autoscaled ModelDeployment that is due."""
-        if not self.view.synced or not self.gate.active():
+        if not self.view.synced or not self.gate.active("autoscaler"):
             # A peer acts; start afresh when it is our turn again.
             self._due.clear()
             self._seen_replicas.clear()

@@ -112,7 +112,8 @@ class CapacityLoop(BackgroundLoop):
         due = now - self._last >= self.interval_s
         if not due and not (self._kicked.is_set() and now - self._last >= self.min_interval_s):
             return None
-        if not (self.view.synced and self.gate.active() and self.gate.acts_for_cluster()):
+        if not (self.view.synced and self.gate.active("capacity")
+                and self.gate.acts_for_cluster()):
             return None
         self._kicked.clear()
         self._last = now

@@ -195,7 +195,7 @@ class Dispatcher(BackgroundLoop):
             log.warning("cannot announce this process: %s", err)
         if not self.view.synced:
             return
-        active = self.gate.active()
+        active = self.gate.active("resync")
         now = self.clock()
         if active and not self._was_active:
             log.info("acting: reconciling every served ModelDeployment")

@@ -164,7 +164,7 @@ class PeeringGate:
     lifetime_s: int = 30
     read: PeersReader | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    _was_active: bool | None = field(default=None, init=False)
+    _was_active: dict[str, bool] = field(default_factory=dict, init=False)
     _announced: datetime | None = field(default=None, init=False)
     _conflicts: set[str] = field(default_factory=set, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -186,12 +186,13 @@ class PeeringGate:
             return True
         return peering_allows(self._status(self.name), self.priority, self.clock())
 
-    def active(self) -> bool:
-        """`allows()`, logging when this process starts or stops acting."""
+    def active(self, loop: str | None = None) -> bool:
+        """`allows()`, logging when this process starts or stops acting (per loop)."""
         active = self.allows()
-        if active != self._was_active:
-            log.info("%s %s", self.loop, "active" if active else "paused (peering)")
-            self._was_active = active
+        name = loop or self.loop
+        if active != self._was_active.get(name):
+            log.info("%s %s", name, "active" if active else "paused (peering)")
+            self._was_active[name] = active
         return active
 
     # ----------------------------------------------------------------- installations
