@@ -142,8 +142,8 @@ class CapacityLoop(BackgroundLoop):
     # ----------------------------------------------------------------- the parts
 
     def _cluster_objects(self) -> None:
-        """The objects every tenant relies on, whatever the reservations: the priority classes
-        and the read-only ClusterRole (once per process: nobody else writes them)."""
+        """The objects every tenant relies on, whatever the reservations (once per process:
+        nobody else writes them)."""
         for obj in [*co.priority_classes(), co.tenant_cluster_role()]:
             self.applier.ensure(obj)
         self._startup_done = True
@@ -213,6 +213,26 @@ class CapacityLoop(BackgroundLoop):
             raise
         self.applier.writes += 1
         self.view.observe_write(kind, written)
+
+
+def ensure_cluster_objects(kube: Kube) -> None:
+    """Apply the priority classes and the tenants' read-only ClusterRole (what every tenant
+    relies on, whatever the reservations)."""
+    for obj in [*co.priority_classes(), co.tenant_cluster_role()]:
+        kube.apply(obj)
+
+
+def reconcile(kube: Kube, now: datetime, *, tenant_groups: tuple[str, ...] = ()
+              ) -> CapacityRound:
+    """One capacity round from a fresh read of the cluster, for tools and tests (the operator
+    runs `CapacityLoop` over its shared view instead)."""
+    view = ClusterView(kube)
+    view.load()
+    gate = PeeringGate(kube, "one-shot", 0, "capacity", peering=False)
+    loop = CapacityLoop(kube, view, gate, EventRecorder(kube, "one-shot"),
+                        planner=CapacityPlanner(clock=lambda: now), tenant_groups=tenant_groups,
+                        clock=lambda: now)
+    return loop.run_round()
 
 
 def export(metrics: OperatorMetrics, state: ClusterState, plan: CapacityPlan | None) -> None:

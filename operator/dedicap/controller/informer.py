@@ -238,6 +238,10 @@ class Informer(Generic[T]):
         for old, new in changes:
             self._notify(old, new)
 
+    def list_once(self) -> None:
+        """List (and store) without watching: the cache of a one-shot read."""
+        self._list()
+
     def _watch(self) -> None:
         query = {"resourceVersion": self._version_seen, "allowWatchBookmarks": "true",
                  # Spread the reconnects of many informers; the server ends the stream then.

@@ -146,7 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespaces = tuple(args.namespace)
     priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     instance = f"{socket.gethostname()}-{os.getpid()}"
-    peering = None if args.standalone else args.peering
     monitoring = args.monitoring_namespace or _env_list(
         "DEDICAP_MONITORING_NAMESPACES", ["monitoring"])
 
@@ -154,9 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     kube.observers.append(metrics.observe_api)
     view = ClusterView(kube, capacity=args.capacity)
     view.count_restarts(lambda kind, cause: metrics.watch_restarts.labels(kind, cause).inc())
-    gate = PeeringGate(kube, peering, priority, "operator", namespaces=namespaces,
-                       instance=instance, lifetime_s=args.peering_lifetime,
-                       read=view.peering_status)
+    # A standalone process has no peers, but is an installation among others, named by what it
+    # serves (so a restarted one is the same installation).
+    installation = (f"standalone:{','.join(namespaces) or '*'}" if args.standalone
+                    else args.peering)
+    gate = PeeringGate(kube, installation, priority, "operator", peering=not args.standalone,
+                       namespaces=namespaces, instance=instance,
+                       lifetime_s=args.peering_lifetime, read=view.peering_status)
     events = EventRecorder(kube, instance)
     planner = CapacityPlanner() if args.capacity else None
     reconciler = Reconciler(kube, view, events,
@@ -171,11 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kube, view, reconciler, events, autoscale.client_from_args(args), metrics,
         autoscale.AutoscalerSettings(defaults=autoscale.defaults_from_args(args)), gate)
 
-    if peering is not None:
-        ensure_peering_object(kube, peering)
+    if not args.standalone:
+        ensure_peering_object(kube, args.peering)
     log.info("dedicap operator %s: %s, peering %s", instance,
              f"namespaces {list(namespaces)}" if namespaces else "all namespaces",
-             "off (standalone)" if peering is None else f"{peering!r} priority {priority}")
+             "off (standalone)" if args.standalone else f"{args.peering!r} priority {priority}")
     # Pools an older version left undeletable without an operator: once, before anything runs.
     release_legacy_finalizers(kube)
     dispatcher.register()

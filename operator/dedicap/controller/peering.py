@@ -150,15 +150,18 @@ PeersReader = Callable[[str], Mapping[str, Any] | None]
 class PeeringGate:
     """Asks the peering objects whether this process may act now.
 
-    `name` None means standalone: always act, for every namespace. `read(name)` returns a
-    peering object's status (the view's copy); an unreadable object means wait, as kopf does
-    when it cannot tell who else is there. `loop` names the caller in the log lines written
-    when the answers change."""
+    `name` is the installation's peering name; `peering` False (`--standalone`) means no peers
+    inside the installation: the process always acts for it, and is still one installation
+    among others in the registry (a standalone process beside a Helm release takes only the
+    namespaces it names more specifically). `read(name)` returns a peering object's status (the
+    view's copy); an unreadable object means wait, as kopf does when it cannot tell who else is
+    there. `loop` names the caller in the log lines written when the answers change."""
 
     kube: Kube
-    name: str | None
+    name: str
     priority: int
     loop: str
+    peering: bool = True
     namespaces: tuple[str, ...] = ()
     instance: str = ""
     lifetime_s: int = 30
@@ -182,7 +185,7 @@ class PeeringGate:
 
     def allows(self) -> bool:
         """Whether this process acts within its installation."""
-        if self.name is None:
+        if not self.peering:
             return True
         return peering_allows(self._status(self.name), self.priority, self.clock())
 
@@ -202,8 +205,6 @@ class PeeringGate:
 
     def acts_for(self, namespace: str) -> bool:
         """Whether this installation, not another one, acts for `namespace`."""
-        if self.name is None:
-            return serves(self.namespaces, namespace)
         if not serves(self.namespaces, namespace):
             return False
         live = self._live()
@@ -217,8 +218,6 @@ class PeeringGate:
 
     def acts_for_cluster(self) -> bool:
         """Whether this installation does the cluster-scoped work."""
-        if self.name is None:
-            return True
         live = self._live()
         if not any(i.peering == self.name for i in live):
             return True
@@ -248,8 +247,6 @@ class PeeringGate:
 
     def announce(self) -> None:
         """Write this process's entry into the registry (every lifetime / 3 seconds)."""
-        if self.name is None:
-            return
         now = self.clock()
         if self._announced is not None and now - self._announced < timedelta(
                 seconds=self.lifetime_s / 3):
@@ -270,8 +267,6 @@ class PeeringGate:
 
     def withdraw(self) -> None:
         """Remove this process's entry (a clean stop)."""
-        if self.name is None:
-            return
         try:
             self.kube.patch_merge(PEERING_KIND, REGISTRY, {"status": {self.instance: None}})
         except KubeError as err:

@@ -111,6 +111,12 @@ class ClusterView:
         for informer in self.informers.values():
             informer.stop()
 
+    def load(self) -> None:
+        """List every kind once, without watching: a one-shot read for tools and tests."""
+        for name, informer in self.informers.items():
+            if name != "ServiceMonitor" or self.has_service_monitors():
+                informer.list_once()
+
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         for name, informer in self.informers.items():
