@@ -23,7 +23,7 @@ import pytest
 
 from dedicap_local import procs
 from dedicap_local import stack as stk
-from testkit import OperatorProcess, kget, release_operator_state, wait_for
+from testkit import OperatorProcess, SimPool, kget, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -139,53 +139,59 @@ def test_a_broken_saved_state_costs_one_modeldeployment_a_fresh_start_and_no_one
     assert "Traceback" not in operator.log.read_text(errors="replace"), operator.log_tail()
 
 
-def _fill(stack: Any, namespace: str, pool: str, nodes: int, gpus: int) -> list[str]:
-    """Pods that take every GPU of `pool` (no ModelDeployment of ours)."""
-    names = []
-    for i in range(nodes):
-        name = f"filler-{i}"
-        stack.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"nodeSelector": {"dedicap.dev/pool": pool},
-                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                      "effect": "NoSchedule"}],
-                     "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
-                                     "resources": {"requests": {"nvidia.com/gpu": str(gpus)},
-                                                   "limits": {"nvidia.com/gpu": str(gpus)}}}]}}))
-        names.append(name)
-    return names
+def _filler(stack: Any, namespace: str, pool: SimPool, gpus: int) -> str:
+    """A pod of no ModelDeployment that takes `gpus` GPUs of `pool`."""
+    name = f"filler-{uuid.uuid4().hex[:4]}"
+    stack.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"nodeSelector": {"dedicap.dev/pool": pool.name},
+                 "tolerations": pool.tolerations(),
+                 "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": {"requests": {"nvidia.com/gpu": str(gpus)},
+                                               "limits": {"nvidia.com/gpu": str(gpus)}}}]}}))
+    return name
 
 
 def test_moving_to_a_full_pool_keeps_the_old_replicas_until_the_new_ones_are_ready(
         stack: Any, namespace: str, operator: OperatorProcess) -> None:
-    md(stack, namespace, "mover", pools=["a10g"], replicas=2)
-    wait_for(lambda: condition(status(stack, namespace, "mover"), "Ready").get("status")
-             == "True", "2 replicas ready on a10g", timeout=90)
-    # h100 has no GPU left for us: every node full of someone else's pods.
-    fillers = _fill(stack, namespace, "h100", nodes=4, gpus=8)
-    wait_for(lambda: all(kget(stack, "pod", f, "-n", namespace)["spec"].get("nodeName")
-                         for f in fillers), "h100 full", timeout=60)
-    stack.kubectl("patch", "md", "mover", "-n", namespace, "--type=merge", "-p",
-                  json.dumps({"spec": {"placement": {"pools": ["h100"]}}}))
-    wait_for(lambda: condition(status(stack, namespace, "mover"), "Progressing").get("reason")
-             == "MovingPools", "the move waiting for room", timeout=60)
-    # Several reconciles later the old replicas still serve.
-    for _ in range(3):
-        generation = status(stack, namespace, "mover").get("observedGeneration")
-        stack.kubectl("annotate", "md", "mover", "-n", namespace, "--overwrite",
-                      f"poke={uuid.uuid4().hex[:6]}")
-        wait_for(lambda g=generation: status(stack, namespace, "mover")
-                 .get("observedGeneration") == g, "reconciled", timeout=30)
-        old = kget(stack, "deployment", "mover-a10g", "-n", namespace)
-        assert old["spec"]["replicas"] == 2 and old["status"].get("readyReplicas") == 2
-    # Room appears: the new replicas start, and only then the old ones go.
-    stack.kubectl("delete", "pod", *fillers[:1], "-n", namespace, "--wait=false")
-    wait_for(lambda: stack.kubectl("get", "deployment", "mover-a10g", "-n", namespace,
-                                   check=False).returncode != 0
-             or kget(stack, "deployment", "mover-a10g", "-n", namespace)["metadata"]
-             .get("deletionTimestamp"), "the old Deployment deleted", timeout=120)
-    new = kget(stack, "deployment", "mover-h100", "-n", namespace)
-    assert new["status"].get("readyReplicas") == 2
+    tag = uuid.uuid4().hex[:4]
+    src, dst = (SimPool(stack, f"iso{side}-{tag}", nodes=1, gpus_per_node=2)
+                for side in ("src", "dst"))
+    try:
+        for pool in (src, dst):
+            pool.create()
+        md(stack, namespace, "mover", pools=[src.name], replicas=2)
+        wait_for(lambda: condition(status(stack, namespace, "mover"), "Ready").get("status")
+                 == "True", "2 replicas ready on the first pool", timeout=90)
+        # The pool moved to has no GPU left for us.
+        filler = _filler(stack, namespace, dst, 2)
+        wait_for(lambda: kget(stack, "pod", filler, "-n", namespace)["spec"].get("nodeName"),
+                 "the second pool full", timeout=60)
+        wait_for(lambda: (kget(stack, "gpupool", dst.name).get("status") or {})
+                 .get("freeGPUs") == 0, "the second pool's status full", timeout=60)
+        stack.kubectl("patch", "md", "mover", "-n", namespace, "--type=merge", "-p",
+                      json.dumps({"spec": {"placement": {"pools": [dst.name]}}}))
+        wait_for(lambda: condition(status(stack, namespace, "mover"), "Progressing")
+                 .get("reason") == "MovingPools", "the move waiting for room", timeout=60)
+        # Reconciled again and again: the old replicas keep serving.
+        for _ in range(3):
+            stack.kubectl("annotate", "md", "mover", "-n", namespace, "--overwrite",
+                          f"poke={uuid.uuid4().hex[:6]}")
+            stack.kubectl("scale", "md", "mover", "-n", namespace, "--replicas=2")
+            old = kget(stack, "deployment", f"mover-{src.name}", "-n", namespace)
+            assert old["spec"]["replicas"] == 2 and old["status"].get("readyReplicas") == 2
+            assert not old["metadata"].get("deletionTimestamp")
+        # Room appears: the new replicas start, and only then the old ones go.
+        stack.kubectl("delete", "pod", filler, "-n", namespace, "--wait=false")
+        wait_for(lambda: stack.kubectl("get", "deployment", f"mover-{src.name}", "-n",
+                                       namespace, check=False).returncode != 0,
+                 "the old Deployment deleted", timeout=120)
+        new = kget(stack, "deployment", f"mover-{dst.name}", "-n", namespace)
+        assert new["status"].get("readyReplicas") == 2
+    finally:
+        stack.kubectl("delete", "md", "mover", "-n", namespace, "--wait=false", check=False)
+        for pool in (src, dst):
+            pool.delete()
 
 
 def test_the_api_server_restarting_costs_no_operator_and_nothing_converges_late(
@@ -243,8 +249,10 @@ def test_two_installations_never_act_on_the_same_objects(
             wait_for(lambda n=ns, m=name: condition(status(stack, n, m), "Ready").get("status")
                      == "True", f"{name} ready", timeout=90)
         # Events say who acted: each namespace's objects by its own installation only.
-        ours = {e["reportingInstance"] for e in events(stack, namespace, "mine")}
-        theirs = {e["reportingInstance"] for e in events(stack, other_ns, "theirs")}
+        ours = {e["reportingInstance"] for e in events(stack, namespace, "mine")
+                if e.get("reportingComponent") == "dedicap"}
+        theirs = {e["reportingInstance"] for e in events(stack, other_ns, "theirs")
+                  if e.get("reportingComponent") == "dedicap"}
         assert len(ours) == 1 and len(theirs) == 1 and ours != theirs, (ours, theirs)
         wide_log = wide.log.read_text(errors="replace")
         narrow_log = operator.log.read_text(errors="replace")

@@ -95,7 +95,7 @@ class CapacityLoop(BackgroundLoop):
         self.planner = planner
         self.metrics = metrics
         self.tenant_groups = tenant_groups
-        self.interval_s = interval_s
+        self.period_s = interval_s
         self.min_interval_s = min_interval_s
         self.clock = clock
         self.applier = Applier(kube, view)
@@ -109,7 +109,7 @@ class CapacityLoop(BackgroundLoop):
 
     def tick(self) -> CapacityRound | None:
         now = time.monotonic()
-        due = now - self._last >= self.interval_s
+        due = now - self._last >= self.period_s
         if not due and not (self._kicked.is_set() and now - self._last >= self.min_interval_s):
             return None
         if not (self.view.synced and self.gate.active("capacity")

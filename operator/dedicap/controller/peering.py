@@ -170,6 +170,7 @@ class PeeringGate:
     _was_active: dict[str, bool] = field(default_factory=dict, init=False)
     _announced: datetime | None = field(default=None, init=False)
     _conflicts: set[str] = field(default_factory=set, init=False)
+    _cluster_owner: str | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def _status(self, name: str) -> Mapping[str, Any] | None:
@@ -219,9 +220,12 @@ class PeeringGate:
     def acts_for_cluster(self) -> bool:
         """Whether this installation does the cluster-scoped work."""
         live = self._live()
-        if not any(i.peering == self.name for i in live):
-            return True
-        return cluster_owner(live) == self.name
+        owner = cluster_owner(live) if any(i.peering == self.name for i in live) else self.name
+        if owner != self._cluster_owner:
+            log.info("cluster-scoped work (pools, reservations, quotas): %s",
+                     "this installation" if owner == self.name else f"installation {owner!r}")
+            self._cluster_owner = owner
+        return owner == self.name
 
     def _note_conflict(self, namespace: str, owner: str | None,
                        live: list[Installation]) -> None:
