@@ -1,13 +1,18 @@
-"""Capacity reconcile: reservation admission and status, tenant quotas and RBAC, priority classes.
+"""Capacity reconcile: reservation admission and status, tenant quotas and RoleBindings.
 
 Admission is a decision over every reservation of a pool at once, so one reconcile computes the
 whole picture (`plan`, pure) from one read of the cluster (`read`) and writes it (`reconcile`):
 
 - each CapacityReservation's status: admitted or why not (with the GPUs left), used reserved
   GPUs, borrowed GPUs, headroom, conditions Admitted and Active;
-- per tenant namespace a ResourceQuota on `requests.nvidia.com/gpu`, plus read-only RBAC;
-  the quotas of namespaces that no reservation names any more are deleted;
-- the two PriorityClasses and the tenants' ClusterRole.
+- per tenant namespace a ResourceQuota on `requests.nvidia.com/gpu` and a RoleBinding of the
+  chart's `dedicap-tenant-view` ClusterRole for the namespace's service accounts; those of
+  namespaces that no reservation names any more are deleted. Only in the namespaces this
+  operator serves (`--namespace`), where its namespaced RBAC lets it write.
+
+The PriorityClasses and the tenant ClusterRoles are the Helm chart's (static, cluster-scoped):
+the operator creates no cluster-scoped RBAC and no PriorityClass, and only checks at start that
+the classes exist.
 
 Everything is server-side-applied with the field manager `dedicap` (forced) and derived from
 observed state only, so a restart at any line converges. A kopf handler (`register`) runs it
@@ -49,14 +54,9 @@ ACTIVE = "Active"
 # Kinds the capacity reconcile writes besides dedicap's own.
 RESOURCE_QUOTA = Kind("v1", "ResourceQuota", "resourcequotas", True)
 PRIORITY_CLASS = Kind("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", False)
-ROLE = Kind("rbac.authorization.k8s.io/v1", "Role", "roles", True)
 ROLE_BINDING = Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True)
-CLUSTER_ROLE = Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False)
-CLUSTER_ROLE_BINDING = Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
-                            "clusterrolebindings", False)
 RESERVATIONS = Kind("dedicap.dev/v1alpha1", "CapacityReservation", "capacityreservations", False)
-_KINDS = {k.kind: k for k in (RESOURCE_QUOTA, PRIORITY_CLASS, ROLE, ROLE_BINDING, CLUSTER_ROLE,
-                              CLUSTER_ROLE_BINDING)}
+_KINDS = {k.kind: k for k in (RESOURCE_QUOTA, ROLE_BINDING)}
 
 
 # ----------------------------------------------------------------------------- read
@@ -253,11 +253,35 @@ def apply(kube: Kube, obj: Mapping[str, Any]) -> None:
                  body=dict(obj), content_type="application/apply-patch+yaml")
 
 
-def ensure_cluster_objects(kube: Kube) -> None:
-    """The objects every tenant relies on, whatever the reservations: priority classes and the
-    read-only ClusterRole."""
-    for obj in [*co.priority_classes(), co.tenant_cluster_role()]:
-        apply(kube, obj)
+def missing_priority_classes(kube: Kube) -> list[str]:
+    """The PriorityClasses replicas name that the cluster lacks (the chart installs them)."""
+    missing = []
+    for name in (co.RESERVED_CLASS, co.BURST_CLASS):
+        try:
+            kube.request("GET", PRIORITY_CLASS.path(name=name))
+        except KubeError as err:
+            if not err.not_found:
+                raise
+            missing.append(name)
+    return missing
+
+
+def _managed_quotas(kube: Kube, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The quotas dedicap wrote: cluster-wide, or per namespace where the operator serves named
+    namespaces (its RBAC is namespaced then)."""
+    selector = f"app.kubernetes.io/managed-by=dedicap,{co.COMPONENT_LABEL}=capacity"
+    if not namespaces or any(set(p) & set("*?[") for p in namespaces):
+        paths = [RESOURCE_QUOTA.path()]
+    else:
+        paths = [RESOURCE_QUOTA.path(ns) for ns in namespaces]
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            out += kube.request("GET", path, query={"labelSelector": selector}).get("items", [])
+        except KubeError as err:
+            if not err.not_found:
+                raise
+    return out
 
 
 @dataclass
@@ -268,23 +292,25 @@ class Outcome:
     quotas_deleted: list[str] = field(default_factory=list)
 
 
-def reconcile(kube: Kube, now: datetime, *, tenant_groups: Iterable[str] = ()) -> Outcome:
+def reconcile(kube: Kube, now: datetime, *, namespaces: tuple[str, ...] = ()) -> Outcome:
+    """One capacity round. Tenant objects are written in the namespaces `namespaces` (glob
+    patterns; none: all) serves; reservations naming others are decided all the same."""
+    # The handlers' one namespace rule (imported here: handlers imports this module's users).
+    from dedicap.controller.handlers import serves
+
     snapshot = read(kube)
     capacity = plan(snapshot, now)
     out = Outcome(capacity, snapshot)
-    ensure_cluster_objects(kube)
-    existing = {ns: q for ns, q in capacity.quotas.items() if ns in snapshot.namespaces}
-    for obj in co.tenant_objects({ns: (q.gpus, q.reservations) for ns, q in existing.items()},
-                                 tenant_groups):
+    existing = {ns: q for ns, q in capacity.quotas.items()
+                if ns in snapshot.namespaces and serves(namespaces, ns)}
+    for obj in co.tenant_objects({ns: (q.gpus, q.reservations) for ns, q in existing.items()}):
         apply(kube, obj)
     # Quotas dedicap wrote in namespaces no reservation names any more.
-    selector = f"app.kubernetes.io/managed-by=dedicap,{co.COMPONENT_LABEL}=capacity"
-    for quota in kube.request("GET", "/api/v1/resourcequotas",
-                              query={"labelSelector": selector}).get("items", []):
+    for quota in _managed_quotas(kube, namespaces):
         ns = quota["metadata"]["namespace"]
-        if ns not in capacity.quotas:
-            for kind, name in ((RESOURCE_QUOTA, co.QUOTA_NAME), (ROLE_BINDING, co.TENANT_ROLE),
-                               (ROLE, co.TENANT_ROLE)):
+        if ns not in capacity.quotas and serves(namespaces, ns):
+            for kind, name in ((RESOURCE_QUOTA, co.QUOTA_NAME),
+                               (ROLE_BINDING, co.TENANT_BINDING)):
                 try:
                     kube.request("DELETE", kind.path(ns, name))
                 except KubeError as err:
@@ -320,7 +346,7 @@ class CapacityController:
     otherwise repeat the same cluster-wide work)."""
 
     kube: Kube
-    tenant_groups: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
     min_interval: float = 5.0
     clock: Callable[[], float] = time.monotonic
     on_outcome: Callable[[Outcome], None] | None = None
@@ -332,7 +358,7 @@ class CapacityController:
         with self._lock:
             if not force and self.clock() - self._last_run < self.min_interval:
                 return None
-            outcome = reconcile(self.kube, datetime.now(UTC), tenant_groups=self.tenant_groups)
+            outcome = reconcile(self.kube, datetime.now(UTC), namespaces=self.namespaces)
             self._last_run = self.clock()
             self.last = outcome
         if self.on_outcome is not None:
@@ -352,8 +378,11 @@ def register(registry: kopf.OperatorRegistry, controller: CapacityController) ->
 
     @kopf.on.startup(registry=registry, id="capacity-objects")
     def capacity_startup(logger: kopf.Logger, **_: Any) -> None:
-        ensure_cluster_objects(controller.kube)
-        logger.info("capacity: priority classes and tenant ClusterRole applied")
+        missing = missing_priority_classes(controller.kube)
+        if missing:
+            # Replicas name these classes: without them the API server refuses their pods.
+            logger.error(f"PriorityClasses {', '.join(missing)} do not exist: install them "
+                         "with the Helm chart (capacity.enabled), or run with --no-capacity")
 
     @kopf.on.event("dedicap.dev", "v1alpha1", "capacityreservations", registry=registry,
                    id="capacityreservation")

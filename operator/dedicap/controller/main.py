@@ -7,9 +7,12 @@
 
 Peering: every dedicap process announces itself in the ClusterKopfPeering object. A process
 pauses while a live peer with a higher priority exists, and all pause when two share a
-priority; so of several processes exactly one acts. Without `--priority` each process draws a
-random one, which makes the rule pick one of them. A peer that dies without saying goodbye
-(SIGKILL) is considered gone after `--peering-lifetime` seconds.
+priority; so of several processes exactly one acts. Without `--priority` the priority comes
+from the process's start time: the oldest process acts, a new one stands by. A peer that dies
+without saying goodbye (SIGKILL) is considered gone after `--peering-lifetime` seconds.
+
+Probes (`--health-port`): /healthz (kopf's event loop answers) and /readyz (the API server
+answers and this process acts or stands by), for a Deployment's liveness and readiness probes.
 
 Periodic work (pool status, the pools' users re-reconciled, capacity) runs on a thread beside
 kopf and follows the same peering; no dedicap object carries a finalizer, so pools,
@@ -24,14 +27,15 @@ import os
 import random
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 import kopf
 
-from dedicap.controller import autoscale, capacity, handlers, resync
+from dedicap.controller import autoscale, capacity, handlers, health, resync
 from dedicap.controller.kube import Kube, load_config
 from dedicap.controller.observe import ClusterObserver
-from dedicap.controller.peering import PeeringGate, ensure_peering_object
+from dedicap.controller.peering import PeeringGate, ensure_peering_object, start_priority
 from dedicap.controller.reconcile import Reconciler
 from dedicap.decide.render import RenderOptions
 
@@ -57,7 +61,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--peering", default=os.environ.get("DEDICAP_PEERING", "dedicap"),
                    help="name of the ClusterKopfPeering object (default: %(default)s)")
     p.add_argument("--priority", type=int, default=None,
-                   help="peering priority (default: random, so one of several processes acts)")
+                   help="peering priority (default: from the start time, so the oldest of "
+                   "several processes acts)")
     p.add_argument("--peering-lifetime", type=int, default=30, metavar="SECONDS",
                    help="after this long without a keep-alive a peer counts as gone")
     p.add_argument("--pool-refresh-seconds", type=float, default=10.0,
@@ -70,16 +75,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    "(repeatable; default: $DEDICAP_MONITORING_NAMESPACES or 'monitoring')")
     p.add_argument("--liveness", default=os.environ.get("DEDICAP_LIVENESS"), metavar="URL",
                    help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--health-port", type=int, default=None, metavar="PORT",
+                   help="serve /healthz (liveness) and /readyz (readiness) on this port")
+    p.add_argument("--health-address", default="127.0.0.1", metavar="ADDRESS",
+                   help="address of the probe server (default: %(default)s; in a pod: its IP)")
     p.add_argument("--workers", type=int, default=8, help="reconciles running at once")
-    p.add_argument("--tenant-group", action="append", metavar="GROUP",
-                   default=_env_list("DEDICAP_TENANT_GROUPS", []),
-                   help="a group of tenant users who may read reservations and pools "
-                   "(repeatable; default: $DEDICAP_TENANT_GROUPS, comma-separated)")
     p.add_argument("--capacity-seconds", type=float, default=15.0,
                    help="how often admissions, quotas and pool figures are recomputed")
     p.add_argument("--no-capacity", dest="capacity", action="store_false",
-                   help="no CapacityReservations: plain placement, and no quotas, priority "
-                   "classes or tenant RBAC written (for clusters where the operator may not)")
+                   help="no CapacityReservations: plain placement, no priority classes on "
+                   "replicas, and no quotas or tenant RoleBindings written")
     autoscale.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -87,6 +92,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started_at = time.time()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     kopf.configure(verbose=args.verbose, debug=args.debug)
     if args.kubeconfig:
@@ -105,9 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     capacity_controller = None
     if planner is not None:
         capacity_controller = capacity.CapacityController(
-            kube, tenant_groups=tuple(args.tenant_group), on_outcome=planner.export)
+            kube, namespaces=namespaces, on_outcome=planner.export)
         capacity.register(registry, capacity_controller)
-    priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    priority = (args.priority if args.priority is not None
+                else start_priority(started_at, random.getrandbits(16)))
     instance = f"{socket.gethostname()}-{os.getpid()}"
     if not args.standalone:
         ensure_peering_object(kube, args.peering)
@@ -136,6 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                pool_users_s=args.resync_seconds,
                                capacity_s=args.capacity_seconds),
         capacity=capacity_controller, namespaces=namespaces, instance=instance)
+    probes = None
+    if args.health_port is not None:
+        # Its own client with a short timeout: a probe must answer within the kubelet's.
+        checks = health.Health(
+            Kube(load_config(args.kubeconfig), timeout=2.0),
+            PeeringGate(Kube(load_config(args.kubeconfig), timeout=2.0),
+                        None if args.standalone else args.peering, priority, "readiness"))
+        checks.register(registry)
+        probes = health.serve(checks, args.health_address, args.health_port)
     # Pools an older version left undeletable without an operator: once, before anything runs.
     resync.release_legacy_finalizers(kube)
     autoscaler.start()
@@ -146,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         periodic.stop()
         autoscaler.stop()
+        health.shutdown(probes)
+        log.info("dedicap operator %s stopped", instance)
     return 0
 
 

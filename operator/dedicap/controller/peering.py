@@ -100,3 +100,18 @@ class PeeringGate:
             log.info("%s %s", self.loop, "active" if active else "paused (peering)")
             self._was_active = active
         return active
+
+
+# Start times in milliseconds fit in 42 bits until the year 2109; 10 random bits below them keep
+# two processes started in the same millisecond apart (kopf pauses every peer on a tie).
+_START_BITS = 42
+_TIE_BITS = 10
+
+
+def start_priority(started_at: float, tie_breaker: int) -> int:
+    """The peering priority of a process started at `started_at` (Unix seconds): the earlier,
+    the higher. So the oldest live process acts: a newly started one (a rolling update's new
+    pod, a restarted container) stands by instead of taking over, and the standby that has run
+    longest takes over when the acting one goes. `tie_breaker` is any number (random)."""
+    started_ms = min(max(int(started_at * 1000), 0), (1 << _START_BITS) - 1)
+    return (((1 << _START_BITS) - 1 - started_ms) << _TIE_BITS) | (tie_breaker % (1 << _TIE_BITS))
