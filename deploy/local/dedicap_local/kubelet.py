@@ -295,6 +295,31 @@ def make_mount_points(rootfs: Path, plan: ContainerPlan) -> None:
         inside(rootfs, path).mkdir(parents=True, exist_ok=True)
 
 
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    out = []
+    for child in children:
+        out += [int(child), *_descendants(int(child))]
+    return out
+
+
+def container_processes(sandbox_pid: int) -> list[int]:
+    """The processes a sandbox runs, without bubblewrap's own (outside and as the namespace's
+    init)."""
+    out = []
+    for pid in _descendants(sandbox_pid):
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if not argv0.endswith(b"bwrap"):
+            out.append(pid)
+    return out
+
+
 def probe_target(pod: Mapping[str, Any], probe: Mapping[str, Any]) -> tuple[str, str, int, str]:
     """(kind, host, port, path) of a probe: kind "http" or "tcp"; named ports resolved."""
     c = (pod.get("spec") or {}).get("containers", [{}])[0]
@@ -605,8 +630,11 @@ class PodWorker(threading.Thread):
         process = self.c.process
         if process is None or process.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+        # bubblewrap forwards no signal: the container's own processes get the SIGTERM. When
+        # bubblewrap is killed, its sandbox dies with it (SIGKILL).
+        for pid in container_processes(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
             process.wait(timeout=max(grace, 0.0))
         except subprocess.TimeoutExpired:
