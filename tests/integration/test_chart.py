@@ -13,12 +13,11 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import re
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,9 @@ from testkit import ROOT, kget, wait_for
 
 pytestmark = pytest.mark.integration
 
-RELEASE = "dedicap"  # the chart's cluster-scoped objects have fixed names: one release
+RELEASE = chart.RELEASE
 EXAMPLE = ROOT / "deploy" / "examples" / "modeldeployment-fixed.yaml"
 LIFETIME_S = 8
-# kopf's log lines: the process starts acting / stops acting in favour of a peer.
-ACTS = "Resuming operations after the pause"
-PAUSES = "Pausing operations in favour of"
-# A graceful stop begins with kopf's "Signal SIGTERM is received": from then on the process
-# handles nothing new (its goodbye in the peering object follows).
-STOPPING = "Signal SIGTERM is received"
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
 def archive() -> Path:
@@ -72,30 +64,7 @@ class Release:
         return items
 
     def logs(self) -> dict[str, list[str]]:
-        """Every operator container's output so far, by pod name (all restarts, in order)."""
-        out: dict[str, list[str]] = {}
-        for pod_dir in sorted((self.stack.run_dir / "pods").glob(f"{self.namespace}_*")):
-            name = pod_dir.name.split("_")[1]
-            files = sorted((pod_dir / "operator").glob("*.log"), key=lambda p: int(p.stem))
-            out[name] = [line for f in files for line in f.read_text(errors="replace")
-                         .splitlines()]
-        return out
-
-
-def adopt(stack: Any, rendered: str, namespace: str) -> None:
-    """Objects the chart renders that already exist (the session installed the CRDs and the
-    chart's cluster objects with kubectl): mark them as this release's, as Helm asks."""
-    for doc in yaml.safe_load_all(rendered):
-        if not doc or doc.get("metadata", {}).get("namespace"):
-            continue
-        ref = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
-        if doc["kind"] == "CustomResourceDefinition":
-            ref = f"crd/{doc['metadata']['name']}"
-        if stack.kubectl("get", ref, check=False).returncode != 0:
-            continue
-        stack.kubectl("annotate", "--overwrite", ref, f"meta.helm.sh/release-name={RELEASE}",
-                      f"meta.helm.sh/release-namespace={namespace}")
-        stack.kubectl("label", "--overwrite", ref, "app.kubernetes.io/managed-by=Helm")
+        return chart.pod_logs(self.stack.run_dir, self.namespace)
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +77,9 @@ def release(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Re
     # Every pod of the release must pass Pod Security "restricted".
     stack.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     values = tmp_path_factory.mktemp("chart") / "values.yaml"
-    values.write_text(yaml.safe_dump({
-        # The process nodes run pods from their images; nothing else lands there.
-        "nodeSelector": {"dedicap.dev/local-process": "true"},
-        "tolerations": [{"key": "dedicap.dev/local-process", "operator": "Exists",
-                         "effect": "NoSchedule"}],
-        "prometheus": {"url": stack.prometheus_url, "scrapeIntervalSeconds": 2},
-        "peering": {"name": f"dcp-chart-{suffix}", "lifetimeSeconds": LIFETIME_S},
-        "poolRefreshSeconds": 3, "terminationGracePeriodSeconds": 20}))
-    adopt(stack, chart.template(stack, RELEASE, namespace).stdout, namespace)
+    values.write_text(yaml.safe_dump(chart.local_values(stack, f"dcp-chart-{suffix}",
+                                                        LIFETIME_S)))
+    chart.adopt(stack, chart.template(stack, RELEASE, namespace).stdout, namespace)
     r = Release(stack, namespace, tenant, f"dcp-chart-{suffix}", values)
     try:
         yield r
@@ -168,26 +131,29 @@ def test_values_schema_refuses_a_typo(stack: Any, value: str, message: str) -> N
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
+def test_image_archive_is_what_the_chart_names(stack: Any) -> None:
+    """`make image`'s archive: skopeo reads it; the chart's default image is its tag; a non-root
+    user; the entrypoint in place; no shell, no compiler, no package manager."""
+    inspected = json.loads(subprocess.run(
+        ["skopeo", "inspect", "--config", f"oci-archive:{archive()}"], check=True,
+        capture_output=True, text=True).stdout)
+    config = inspected["config"]
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == ["/usr/local/bin/dedicap"] and config["Cmd"] == ["run"]
+    image = images.load(stack.run_dir, archive())
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    tag = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())["appVersion"]
+    assert image.reference == f"{values['image']['repository']}:{tag}"
+    root = image.rootfs
+    assert (root / "usr/local/bin/dedicap").exists() and (root / "usr/bin/python3.11").exists()
+    for absent in ("bin/sh", "usr/bin/sh", "bin/bash", "usr/bin/dash", "usr/bin/gcc",
+                   "usr/bin/cc", "usr/bin/apt", "usr/bin/dpkg", "usr/local/bin/pip"):
+        assert not (root / absent).exists(), absent
+    assert not list((root / "usr/local/lib/python3.11/dist-packages").glob("dedicap_local*"))
+    assert "dedicap:x:65532:65532" in (root / "etc/passwd").read_text()
+
+
 # ----------------------------------------------------------------------------- the release
-
-
-def _process_tree(pid: int) -> list[int]:
-    out = [pid]
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        out += _process_tree(int(child))
-    return out
-
-
-def operator_process(pod: dict[str, Any]) -> int:
-    """The pid of the pod's `dedicap run` (inside the sandbox whose pid the status names)."""
-    container_id = pod["status"]["containerStatuses"][0]["containerID"]
-    sandbox = int(container_id.removeprefix("process://"))
-    for pid in _process_tree(sandbox):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if (not argv[0].endswith(b"bwrap") and b"run" in argv
-                and any(a.endswith(b"dedicap") for a in argv)):
-            return pid
-    raise AssertionError(f"no dedicap process under {sandbox}")
 
 
 def _jwt_claims(token: str) -> dict[str, Any]:
@@ -215,7 +181,7 @@ def test_install_runs_the_rendered_pods_as_processes_and_reconciles(stack: Any,
     pods = wait_for(lambda: len(_ready_pods(r)) == 2 and _ready_pods(r), "2 ready operator pods")
     for pod in pods:
         assert pod["spec"]["nodeName"].startswith("process-")
-        pid = operator_process(pod)
+        pid = chart.operator_process(pod)
         ip = pod["status"]["podIP"]
         argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
         # The rendered command (found on the image's PATH) and args, with the downward API's
@@ -247,31 +213,6 @@ def test_install_runs_the_rendered_pods_as_processes_and_reconciles(stack: Any,
                   timeout=150)
 
 
-def _stamp(line: str) -> datetime | None:
-    m = STAMP.match(line)
-    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") if m else None
-
-
-def acting_intervals(logs: dict[str, list[str]]) -> list[tuple[str, datetime, datetime | None]]:
-    """(pod, from, until) for every stretch a process acted, from kopf's own log lines; until
-    None: still acting (or killed while acting)."""
-    out: list[tuple[str, datetime, datetime | None]] = []
-    for pod, lines in logs.items():
-        start: datetime | None = None
-        for line in lines:
-            when = _stamp(line)
-            if when is None:
-                continue
-            if ACTS in line and start is None:
-                start = when
-            elif start is not None and (PAUSES in line or STOPPING in line):
-                out.append((pod, start, when))
-                start = None
-        if start is not None:
-            out.append((pod, start, None))
-    return sorted(out, key=lambda x: x[1])
-
-
 def _children(stack: Any, tenant: str) -> list[str]:
     return [d["metadata"]["name"] for d in kget(stack, "deployments", "-n", tenant, "-l",
                                                 "dedicap.dev/modeldeployment=chat")["items"]]
@@ -290,9 +231,10 @@ def test_upgrade_rolls_the_operator_with_a_standby_always_there(stack: Any,
     after = {kind: {o["metadata"]["name"]: o["metadata"]["uid"] for o in kget(
         stack, kind, "-A")["items"]} for kind in ("modeldeployments", "gpupools")}
     assert after == before  # every custom resource kept, none recreated
-    wait_for(lambda: [i for i in acting_intervals(r.logs()) if i[0] not in old and i[2] is None],
+    wait_for(lambda: [i for i in chart.acting_intervals(r.logs())
+                      if i[0] not in old and i[2] is None],
              "a new operator pod acting", timeout=LIFETIME_S * 3)
-    intervals = acting_intervals(r.logs())
+    intervals = chart.acting_intervals(r.logs())
     acting_old = [i for i in intervals if i[0] in old]
     acting_new = [i for i in intervals if i[0] not in old]
     assert acting_new and acting_new[-1][2] is None, intervals
@@ -301,7 +243,7 @@ def test_upgrade_rolls_the_operator_with_a_standby_always_there(stack: Any,
     last_old = acting_old[-1]
     successor = acting_new[0]
     assert last_old[2] is not None and successor[1] >= last_old[1]
-    successor_started = min(t for line in r.logs()[successor[0]] if (t := _stamp(line)))
+    successor_started = min(t for line in r.logs()[successor[0]] if (t := chart.stamp(line)))
     assert successor_started < last_old[2], (successor_started, last_old)
     gaps = [(b[1] - a[2]).total_seconds() for a, b in itertools.pairwise(intervals)
             if a[2] is not None]
@@ -312,17 +254,17 @@ def test_upgrade_rolls_the_operator_with_a_standby_always_there(stack: Any,
 
 def test_killing_the_acting_operator_lets_the_standby_act(stack: Any, release: Release) -> None:
     r = release
-    acting = [i for i in acting_intervals(r.logs()) if i[2] is None]
+    acting = [i for i in chart.acting_intervals(r.logs()) if i[2] is None]
     assert len(acting) == 1, acting
     pod = next(p for p in r.pods() if p["metadata"]["name"] == acting[0][0])
     standby = next(p["metadata"]["name"] for p in r.pods()
                    if p["metadata"]["name"] != pod["metadata"]["name"])
-    pid = operator_process(pod)
-    killed = datetime.now()
+    pid = chart.operator_process(pod)
+    killed = datetime.now(UTC)
     subprocess.run(["kill", "-KILL", str(pid)], check=True)
 
     def standby_acts() -> datetime | None:
-        for name, start, _ in acting_intervals(r.logs()):
+        for name, start, _ in chart.acting_intervals(r.logs()):
             if name == standby and start > killed:
                 return start
         return None
@@ -342,7 +284,7 @@ def test_killing_the_acting_operator_lets_the_standby_act(stack: Any, release: R
 def test_uninstall_keeps_the_crds_and_the_tenants_objects(stack: Any, release: Release) -> None:
     r = release
     md_uid = kget(stack, "md", "chat", "-n", r.tenant)["metadata"]["uid"]
-    pids = [operator_process(p) for p in _ready_pods(r)]
+    pids = [chart.operator_process(p) for p in _ready_pods(r)]
     helm(stack, "uninstall", RELEASE, "-n", r.namespace, "--wait", "--timeout", "120s")
     wait_for(lambda: not r.pods(), "operator pods gone", timeout=60)
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
