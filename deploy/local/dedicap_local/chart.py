@@ -109,7 +109,8 @@ def stamp(line: str) -> datetime | None:
 def acting_intervals(logs: dict[str, list[str]]
                      ) -> list[tuple[str, datetime, datetime | None]]:
     """(pod, from, until) of every stretch a process acted, from its own log; until None: still
-    acting, or killed while acting."""
+    acting (or killed and not restarted); a process killed while acting ends when its
+    container's next process starts."""
     out: list[tuple[str, datetime, datetime | None]] = []
     for pod, lines in logs.items():
         start: datetime | None = None
@@ -123,7 +124,8 @@ def acting_intervals(logs: dict[str, list[str]]
                 out.append((pod, start, when))
                 start = None
             elif start is not None and "dedicap operator" in line and " priority " in line:
-                out.append((pod, start, None))  # restarted: the previous process died acting
+                # A restart: the previous process died acting, at the latest by now.
+                out.append((pod, start, when))
                 start = None
         if start is not None:
             out.append((pod, start, None))
