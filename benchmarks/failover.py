@@ -1,7 +1,7 @@
 """Failover and handover of the operator installed by the Helm chart, on the local stack.
 
-    python benchmarks/failover.py              5 rounds of each scenario (about 6 minutes)
-    python benchmarks/failover.py --quick      2 rounds (about 3 minutes)
+    python benchmarks/failover.py              5 rounds of each scenario (about 3 minutes)
+    python benchmarks/failover.py --quick      2 rounds (about 1.5 minutes)
 
 The operator's two pods run as processes from the image (`make image` first) on the local
 stack's process nodes. The times come from the operators' own logs (kopf's "Resuming
