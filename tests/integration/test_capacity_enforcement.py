@@ -89,7 +89,6 @@ class Env:
 @pytest.fixture
 def env(stack: Any) -> Iterator[Env]:
     e = Env(stack, Kube(load_config(str(stack.kubeconfig))), uuid.uuid4().hex[:6])
-    capacity.ensure_cluster_objects(e.kube)
     yield e
     for r in e.reservations:
         stack.kubectl("delete", "capacityreservation", r, "--ignore-not-found", check=False)
@@ -143,7 +142,10 @@ def test_quota_refuses_pods_beyond_reservation_plus_burst(env: Env) -> None:
     assert env.gpu_pod(ns, "third", pool, 1, co.BURST_CLASS) == ""
 
 
-def test_tenants_read_but_cannot_change_reservations_and_quotas(env: Env) -> None:
+def test_tenants_read_their_quota_and_models_but_no_reservation(env: Env) -> None:
+    """A tenant's service accounts read their namespace's quota and ModelDeployments (the
+    RoleBinding of dedicap-tenant-view the capacity reconcile writes) and no reservation at
+    all: reservations are cluster-scoped, and reading one would expose every tenant's."""
     pool = env.pool("r", nodes=1, gpus=8)
     ns = env.namespace("r")
     name = env.reservation("r", pool.name, 1, [ns])
@@ -156,9 +158,11 @@ def test_tenants_read_but_cannot_change_reservations_and_quotas(env: Env) -> Non
         proc = env.stack.kubectl("auth", "can-i", *args, *as_tenant, check=False)
         return proc.stdout.strip() == "yes"
 
-    assert can("get", f"capacityreservations.dedicap.dev/{name}")
-    assert can("list", "gpupools.dedicap.dev")
     assert can("get", "resourcequotas", "-n", ns)
+    assert can("list", "modeldeployments.dedicap.dev", "-n", ns)
+    assert not can("list", "modeldeployments.dedicap.dev", "-n", "default")
+    assert not can("get", f"capacityreservations.dedicap.dev/{name}")
+    assert not can("list", "capacityreservations.dedicap.dev")
     for verb in ("create", "patch", "delete"):
         assert not can(verb, "capacityreservations.dedicap.dev")
         assert not can(verb, "resourcequotas", "-n", ns)
@@ -167,8 +171,9 @@ def test_tenants_read_but_cannot_change_reservations_and_quotas(env: Env) -> Non
     proc = env.stack.kubectl("patch", "capacityreservation", name, "--type=merge", "-p",
                              '{"spec":{"gpus":8}}', *as_tenant, check=False)
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower()
-    read = env.stack.kubectl("get", "capacityreservation", name, *as_tenant)
-    assert name in read.stdout
+    quota = env.stack.kubectl("get", "resourcequota", co.QUOTA_NAME, "-n", ns, "-o", "json",
+                              *as_tenant)
+    assert json.loads(quota.stdout)["metadata"]["annotations"][co.ANNOTATION_RESERVATIONS] == name
 
 
 def _phase(env: Env, ns: str, name: str) -> tuple[str, str]:

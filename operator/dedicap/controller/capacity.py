@@ -1,5 +1,6 @@
 """The capacity loop: GPUPool status, and (with capacity management) reservation admission and
-status, tenant quotas and RBAC. Thin: read the view, call the planners, write what differs.
+status, tenant quotas and RoleBindings. Thin: read the view, call the planners, write what
+differs.
 
 One round computes the whole picture from the view's `ClusterState` (`decide.capacity.plan`,
 pure) and writes:
@@ -7,8 +8,15 @@ pure) and writes:
 - each GPUPool's status: GPU figures from its nodes and the pods bound to them, and Ready;
 - each CapacityReservation's status: admitted or why not (with the GPUs left), used reserved
   GPUs, borrowed GPUs, headroom, conditions Admitted and Active;
-- per tenant namespace a ResourceQuota on `requests.nvidia.com/gpu`, plus read-only RBAC; the
-  quotas of namespaces that no reservation names any more are deleted.
+- per tenant namespace a ResourceQuota on `requests.nvidia.com/gpu` and a RoleBinding of the
+  chart's `dedicap-tenant-view` ClusterRole for the namespace's service accounts; those of
+  namespaces that no reservation names any more are deleted. Only in the namespaces this
+  operator serves (`--namespace`), where its RBAC (namespaced with `watchNamespaces`) lets it
+  write.
+
+The PriorityClasses and the tenant ClusterRoles are the Helm chart's (static, cluster-scoped):
+the operator creates no cluster-scoped RBAC and no PriorityClass (it checks at start that the
+classes exist, `missing_priority_classes`).
 
 Every write is skipped when the cluster already holds it, so a quiet cluster costs no API
 request. A round runs when something capacity depends on changed (reservations, pools, nodes,
@@ -32,7 +40,7 @@ from dedicap.controller.apply import holds
 from dedicap.controller.events import EventRecorder
 from dedicap.controller.kube import KINDS, Kube, KubeError
 from dedicap.controller.loop import BackgroundLoop
-from dedicap.controller.peering import PeeringGate
+from dedicap.controller.peering import PeeringGate, serves
 from dedicap.controller.reconcile import CapacityPlanner
 from dedicap.controller.status.capacity import pool_status, reservation_status
 from dedicap.controller.view import ClusterView
@@ -84,7 +92,7 @@ class CapacityRound:
 class CapacityLoop(BackgroundLoop):
     def __init__(self, kube: Kube, view: ClusterView, gate: PeeringGate, events: EventRecorder,
                  *, planner: CapacityPlanner | None, metrics: OperatorMetrics | None = None,
-                 tenant_groups: tuple[str, ...] = (), interval_s: float = 15.0,
+                 interval_s: float = 15.0,
                  min_interval_s: float = 1.0,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__("dedicap-capacity", 0.25)
@@ -94,14 +102,12 @@ class CapacityLoop(BackgroundLoop):
         self.events = events
         self.planner = planner
         self.metrics = metrics
-        self.tenant_groups = tenant_groups
         self.period_s = interval_s
         self.min_interval_s = min_interval_s
         self.clock = clock
         self.applier = Applier(kube, view)
         self._kicked = threading.Event()
         self._last = -float("inf")
-        self._startup_done = False
 
     def kick(self) -> None:
         """Something capacity depends on changed: run a round soon."""
@@ -129,8 +135,6 @@ class CapacityLoop(BackgroundLoop):
         plan = self.planner.plan(state) if self.planner is not None else None
         out = CapacityRound(plan, state)
         if plan is not None:
-            if not self._startup_done:
-                self._cluster_objects()
             self._tenant_objects(plan, state, out)
             self._reservations(plan, state)
         self._pools(plan, state)
@@ -141,26 +145,21 @@ class CapacityLoop(BackgroundLoop):
 
     # ----------------------------------------------------------------- the parts
 
-    def _cluster_objects(self) -> None:
-        """The objects every tenant relies on, whatever the reservations (once per process:
-        nobody else writes them)."""
-        for obj in [*co.priority_classes(), co.tenant_cluster_role()]:
-            self.applier.ensure(obj)
-        self._startup_done = True
-
     def _tenant_objects(self, plan: CapacityPlan, state: ClusterState,
                         out: CapacityRound) -> None:
-        existing = {ns: q for ns, q in plan.quotas.items() if ns in state.namespaces}
+        served = self.gate.namespaces
+        existing = {ns: q for ns, q in plan.quotas.items()
+                    if ns in state.namespaces and serves(served, ns)}
         for obj in co.tenant_objects({ns: (q.gpus, q.reservations)
-                                      for ns, q in existing.items()}, self.tenant_groups):
+                                      for ns, q in existing.items()}):
             self.applier.ensure(obj)
         # Quotas dedicap wrote in namespaces no reservation names any more.
         for quota in self.view.capacity_objects("ResourceQuota"):
             ns = quota["metadata"]["namespace"]
-            if ns in plan.quotas:
+            if ns in plan.quotas or not serves(served, ns):
                 continue
             for kind, name in (("ResourceQuota", co.QUOTA_NAME),
-                               ("RoleBinding", co.TENANT_ROLE), ("Role", co.TENANT_ROLE)):
+                               ("RoleBinding", co.TENANT_BINDING)):
                 try:
                     self.kube.request("DELETE", KINDS[kind].path(ns, name))
                 except KubeError as err:
@@ -215,23 +214,28 @@ class CapacityLoop(BackgroundLoop):
         self.view.observe_write(kind, written)
 
 
-def ensure_cluster_objects(kube: Kube) -> None:
-    """Apply the priority classes and the tenants' read-only ClusterRole (what every tenant
-    relies on, whatever the reservations)."""
-    for obj in [*co.priority_classes(), co.tenant_cluster_role()]:
-        kube.apply(obj)
+def missing_priority_classes(kube: Kube) -> list[str]:
+    """The PriorityClasses replicas name that the cluster lacks (the chart installs them)."""
+    missing = []
+    for name in (co.RESERVED_CLASS, co.BURST_CLASS):
+        try:
+            kube.request("GET", KINDS["PriorityClass"].path(name=name))
+        except KubeError as err:
+            if not err.not_found:
+                raise
+            missing.append(name)
+    return missing
 
 
-def reconcile(kube: Kube, now: datetime, *, tenant_groups: tuple[str, ...] = ()
-              ) -> CapacityRound:
+def reconcile(kube: Kube, now: datetime, *, namespaces: tuple[str, ...] = ()) -> CapacityRound:
     """One capacity round from a fresh read of the cluster, for tools and tests (the operator
-    runs `CapacityLoop` over its shared view instead)."""
-    view = ClusterView(kube)
+    runs `CapacityLoop` over its shared view instead). Tenant objects are written in the
+    namespaces `namespaces` (glob patterns; none: all) serves."""
+    view = ClusterView(kube, namespaces=namespaces)
     view.load()
-    gate = PeeringGate(kube, "one-shot", 0, "capacity", peering=False)
+    gate = PeeringGate(kube, "one-shot", 0, "capacity", peering=False, namespaces=namespaces)
     loop = CapacityLoop(kube, view, gate, EventRecorder(kube, "one-shot"),
-                        planner=CapacityPlanner(clock=lambda: now), tenant_groups=tenant_groups,
-                        clock=lambda: now)
+                        planner=CapacityPlanner(clock=lambda: now), clock=lambda: now)
     return loop.run_round()
 
 

@@ -72,6 +72,7 @@ class Informer(Generic[T]):
     kube: Kube
     kind: Kind
     parse: Callable[[Mapping[str, Any]], T | None]
+    namespace: str | None = None  # None: all namespaces (or a cluster-scoped kind)
     labels: str | None = None
     fields: str | None = None
     on_change: list[ChangeHandler] = field(default_factory=list)
@@ -212,7 +213,8 @@ class Informer(Generic[T]):
 
     def _list(self) -> None:
         fresh: dict[Key, tuple[str, T]] = {}
-        items, version = self.kube.list_all(self.kind, labels=self.labels, fields=self.fields)
+        items, version = self.kube.list_all(self.kind, namespace=self.namespace,
+                                            labels=self.labels, fields=self.fields)
         for raw in items:
             value = self.parse(raw)
             if value is not None:
@@ -250,14 +252,15 @@ class Informer(Generic[T]):
             query["labelSelector"] = self.labels
         if self.fields:
             query["fieldSelector"] = self.fields
-        for event in self.kube.watch(self.kind.path(), query, self.watch_timeout_s + 30):
+        path = self.kind.path(self.namespace)
+        for event in self.kube.watch(path, query, self.watch_timeout_s + 30):
             if self._stop.is_set():
                 return
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
                 code = int(obj.get("code") or 0)
-                raise KubeError(code or 500, "WATCH", self.kind.path(), obj)
+                raise KubeError(code or 500, "WATCH", path, obj)
             version = (obj.get("metadata") or {}).get("resourceVersion")
             if kind != "BOOKMARK":
                 self._apply(str(kind), obj)
@@ -295,10 +298,95 @@ class Informer(Generic[T]):
                 backoff = min(backoff * 2, self.max_backoff_s)
                 need_list = True
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"informer-{self.kind.plural}",
-                                        daemon=True)
+        where = f"-{self.namespace}" if self.namespace else ""
+        self._thread = threading.Thread(target=self.run,
+                                        name=f"informer-{self.kind.plural}{where}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class InformerSet(Generic[T]):
+    """Informers of one kind in several namespaces, read as one: for an operator that serves
+    named namespaces and may list and watch only there (namespaced RBAC)."""
+
+    def __init__(self, members: list[Informer[T]]) -> None:
+        self.members = members
+        self.on_change: list[ChangeHandler] = []
+        for m in members:
+            m.on_change = self.on_change  # one list: a handler added later reaches them all
+        self.kind = members[0].kind
+
+    def _member(self, namespace: str) -> Informer[T] | None:
+        return next((m for m in self.members if m.namespace == namespace), None)
+
+    def get(self, key: Key) -> T | None:
+        member = self._member(key[0])
+        return member.get(key) if member is not None else None
+
+    def values(self) -> list[T]:
+        return [v for m in self.members for v in m.values()]
+
+    def items(self) -> list[tuple[Key, T]]:
+        return [kv for m in self.members for kv in m.items()]
+
+    def by_index(self, value: Hashable) -> list[T]:
+        return [v for m in self.members for v in m.by_index(value)]
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.members)
+
+    @property
+    def synced(self) -> bool:
+        return all(m.synced for m in self.members)
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        return all(m.wait_synced(timeout) for m in self.members)
+
+    @property
+    def generation(self) -> int:
+        return sum(m.generation for m in self.members)
+
+    @property
+    def relists(self) -> int:
+        return sum(m.relists for m in self.members)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(m.reconnects for m in self.members)
+
+    @property
+    def on_restart(self) -> Callable[[str], None] | None:
+        return self.members[0].on_restart
+
+    @on_restart.setter
+    def on_restart(self, value: Callable[[str], None] | None) -> None:
+        for m in self.members:
+            m.on_restart = value
+
+    @property
+    def started(self) -> bool:
+        return all(m.started for m in self.members)
+
+    def observe_write(self, raw: Mapping[str, Any]) -> None:
+        member = self._member(object_key(raw)[0])
+        if member is not None:
+            member.observe_write(raw)
+
+    def list_once(self) -> None:
+        for m in self.members:
+            m.list_once()
+
+    def start(self) -> None:
+        for m in self.members:
+            m.start()
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()

@@ -233,10 +233,11 @@ class Kube:
                 return
             query["continue"] = token
 
-    def list_all(self, kind: Kind, *, labels: str | None = None, fields: str | None = None,
-                 page: int = 500) -> tuple[builtins.list[dict[str, Any]], str]:
-        """Every object of `kind` (all namespaces), and the list's resourceVersion to watch
-        from."""
+    def list_all(self, kind: Kind, *, namespace: str | None = None, labels: str | None = None,
+                 fields: str | None = None, page: int = 500
+                 ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every object of `kind` (in `namespace`, or all namespaces), and the list's
+        resourceVersion to watch from."""
         query: dict[str, str] = {"limit": str(page)}
         if labels:
             query["labelSelector"] = labels
@@ -244,7 +245,7 @@ class Kube:
             query["fieldSelector"] = fields
         items: builtins.list[dict[str, Any]] = []
         while True:
-            data = self.request("GET", kind.path(), query=query)
+            data = self.request("GET", kind.path(namespace), query=query)
             for item in data.get("items", []):
                 item.setdefault("apiVersion", kind.api_version)
                 item.setdefault("kind", kind.kind)

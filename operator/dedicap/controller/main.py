@@ -14,10 +14,14 @@ be deleted with no operator running.
 
 Peering: every dedicap process announces itself in the ClusterKopfPeering object of its
 installation. A process pauses while a live peer with a higher priority exists, and all pause
-when two share a priority; so of several processes exactly one acts. Without `--priority` each
-process draws a random one, which makes the rule pick one of them. A peer that dies without
-saying goodbye (SIGKILL) is considered gone after `--peering-lifetime` seconds. Installations
-(other peering names, other namespaces) divide the work by their namespaces (peering.py).
+when two share a priority; so of several processes exactly one acts. Without `--priority` the
+priority comes from the process's start time: the oldest process acts, a new one stands by. A
+peer that dies without saying goodbye (SIGKILL) is considered gone after `--peering-lifetime`
+seconds. Installations (other peering names, other namespaces) divide the work by their
+namespaces (peering.py).
+
+Probes (`--health-port`): /healthz (kopf's event loop answers) and /readyz (the API server
+answers and this process acts or stands by), for a Deployment's liveness and readiness probes.
 """
 
 from __future__ import annotations
@@ -28,19 +32,20 @@ import os
 import random
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import kopf
 
 from dedicap.api.models import GROUP
-from dedicap.controller import autoscale
-from dedicap.controller.capacity import CapacityLoop
+from dedicap.controller import autoscale, health
+from dedicap.controller.capacity import CapacityLoop, missing_priority_classes
 from dedicap.controller.dispatch import Dispatcher
 from dedicap.controller.events import EventRecorder
 from dedicap.controller.kube import Kube, load_config
 from dedicap.controller.legacy import LEGACY_FINALIZER, release_legacy_finalizers
-from dedicap.controller.peering import PeeringGate, ensure_peering_object
+from dedicap.controller.peering import PeeringGate, ensure_peering_object, start_priority
 from dedicap.controller.reconcile import CapacityPlanner, Reconciler
 from dedicap.controller.view import ClusterView
 from dedicap.decide.render import MANAGER, RenderOptions
@@ -81,17 +86,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    "(repeatable; default: $DEDICAP_MONITORING_NAMESPACES or 'monitoring')")
     p.add_argument("--liveness", default=os.environ.get("DEDICAP_LIVENESS"), metavar="URL",
                    help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--health-port", type=int, default=None, metavar="PORT",
+                   help="serve /healthz (liveness) and /readyz (readiness) on this port")
+    p.add_argument("--health-address", default="127.0.0.1", metavar="ADDRESS",
+                   help="address of the probe server (default: %(default)s; in a pod: its IP)")
     p.add_argument("--workers", type=int, default=8, help="reconciles running at once")
-    p.add_argument("--tenant-group", action="append", metavar="GROUP",
-                   default=_env_list("DEDICAP_TENANT_GROUPS", []),
-                   help="a group of tenant users who may read reservations and pools "
-                   "(repeatable; default: $DEDICAP_TENANT_GROUPS, comma-separated)")
     p.add_argument("--capacity-seconds", type=float, default=15.0,
                    help="admissions, quotas and pool figures follow every change at once; at "
                    "the latest they are recomputed this often (reservation windows)")
     p.add_argument("--no-capacity", dest="capacity", action="store_false",
-                   help="no CapacityReservations: plain placement, and no quotas, priority "
-                   "classes or tenant RBAC written (for clusters where the operator may not)")
+                   help="no CapacityReservations: plain placement, no priority classes on "
+                   "replicas, and no quotas or tenant RoleBindings written")
     autoscale.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -137,6 +142,7 @@ def kopf_registry(configure: Callable[[kopf.OperatorSettings], None]) -> kopf.Op
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started_at = time.time()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     kopf.configure(verbose=args.verbose, debug=args.debug)
     if args.kubeconfig:
@@ -144,14 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     kube = Kube(load_config(args.kubeconfig))
     namespaces = tuple(args.namespace)
-    priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    priority = (args.priority if args.priority is not None
+                else start_priority(started_at, random.getrandbits(16)))
     instance = f"{socket.gethostname()}-{os.getpid()}"
     monitoring = args.monitoring_namespace or _env_list(
         "DEDICAP_MONITORING_NAMESPACES", ["monitoring"])
 
     metrics = autoscale.metrics_from_args(args)
     kube.observers.append(metrics.observe_api)
-    view = ClusterView(kube, capacity=args.capacity)
+    view = ClusterView(kube, capacity=args.capacity, namespaces=namespaces)
     view.count_restarts(lambda kind, cause: metrics.watch_restarts.labels(kind, cause).inc())
     # A standalone process has no peers, but is an installation among others, named by what it
     # serves (so a restarted one is the same installation).
@@ -166,7 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             RenderOptions(monitoring_namespaces=tuple(monitoring)),
                             capacity=planner, metrics=metrics)
     capacity = CapacityLoop(kube, view, gate, events, planner=planner, metrics=metrics,
-                            tenant_groups=tuple(args.tenant_group),
                             interval_s=min(args.capacity_seconds, args.pool_refresh_seconds))
     dispatcher = Dispatcher(view, reconciler, gate, capacity, workers=args.workers,
                             resync_s=args.resync_seconds)
@@ -181,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
              "off (standalone)" if args.standalone else f"{args.peering!r} priority {priority}")
     # Pools an older version left undeletable without an operator: once, before anything runs.
     release_legacy_finalizers(kube)
+    if args.capacity:
+        missing = missing_priority_classes(kube)
+        if missing:
+            # Replicas name these classes: without them the API server refuses their pods.
+            log.error("PriorityClasses %s do not exist: install them with the Helm chart "
+                      "(capacity.enabled), or run with --no-capacity", ", ".join(missing))
     dispatcher.register()
     view.start()
     if not view.wait_synced(60):
@@ -194,15 +206,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                        lifetime=args.peering_lifetime, instance=instance,
                        standalone=args.standalone)
 
+    registry = kopf_registry(configure)
+    probes = None
+    if args.health_port is not None:
+        # Its own client with a short timeout: a probe must answer within the kubelet's.
+        checks = health.Health(Kube(load_config(args.kubeconfig), timeout=2.0), gate)
+        checks.register(registry)
+        probes = health.serve(checks, args.health_address, args.health_port)
     try:
-        kopf.run(registry=kopf_registry(configure), clusterwide=not namespaces,
-                 namespaces=namespaces, standalone=args.standalone,
-                 liveness_endpoint=args.liveness)
+        kopf.run(registry=registry, clusterwide=not namespaces, namespaces=namespaces,
+                 standalone=args.standalone, liveness_endpoint=args.liveness)
     finally:
         for loop in loops:
             loop.stop()
         view.stop()
         gate.withdraw()
+        health.shutdown(probes)
+        log.info("dedicap operator %s stopped", instance)
     return 0
 
 

@@ -184,6 +184,10 @@ class PeeringGate:
         status = (obj or {}).get("status")
         return status if isinstance(status, Mapping) else None
 
+    def peers(self) -> Mapping[str, Any] | None:
+        """The processes announced in this installation's peering object."""
+        return self._status(self.name)
+
     def allows(self) -> bool:
         """Whether this process acts within its installation."""
         if not self.peering:
@@ -275,3 +279,18 @@ class PeeringGate:
             self.kube.patch_merge(PEERING_KIND, REGISTRY, {"status": {self.instance: None}})
         except KubeError as err:
             log.info("cannot withdraw from %s: %s", REGISTRY, err)
+
+
+# Start times in milliseconds fit in 42 bits until the year 2109; 10 random bits below them keep
+# two processes started in the same millisecond apart (kopf pauses every peer on a tie).
+_START_BITS = 42
+_TIE_BITS = 10
+
+
+def start_priority(started_at: float, tie_breaker: int) -> int:
+    """The peering priority of a process started at `started_at` (Unix seconds): the earlier,
+    the higher. So the oldest live process acts: a newly started one (a rolling update's new
+    pod, a restarted container) stands by instead of taking over, and the standby that has run
+    longest takes over when the acting one goes. `tie_breaker` is any number (random)."""
+    started_ms = min(max(int(started_at * 1000), 0), (1 << _START_BITS) - 1)
+    return (((1 << _START_BITS) - 1 - started_ms) << _TIE_BITS) | (tie_breaker % (1 << _TIE_BITS))

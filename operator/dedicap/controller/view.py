@@ -15,7 +15,11 @@ parser:
 | ClusterKopfPeering | its status (the peers) | all |
 | ResourceQuota, RoleBinding | the object | written by dedicap's capacity management |
 
-ServiceMonitors are watched only while their CRD exists (a CRD informer looks).
+ServiceMonitors are watched only while their CRD exists (a CRD informer looks). An operator
+that serves named namespaces (`--namespace a -n b`, the chart's `watchNamespaces`) lists and
+watches what it writes there — children, quotas, RoleBindings — per namespace, as its namespaced
+RBAC allows; what placement must see across tenants (ModelDeployments, pods, nodes) it reads
+cluster-wide.
 
 `state()` assembles the planners' `ClusterState` from the caches; it is rebuilt only after one of
 its kinds changed.
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedicap.api.models import CapacityReservation, GPUPool
-from dedicap.controller.informer import ChangeHandler, Informer, Key, strip
+from dedicap.controller.informer import ChangeHandler, Informer, InformerSet, Key, strip
 from dedicap.controller.kube import KINDS, Kind, Kube
 from dedicap.decide.capacity_objects import COMPONENT_LABEL
 from dedicap.decide.cluster import ClusterState, NodeInfo, PodInfo, parse_all, parse_node, parse_pod
@@ -70,16 +74,26 @@ class ClusterView:
     # Which informers to run: the operator's loops need all of them; a capacity-less operator
     # skips the capacity kinds.
     capacity: bool = True
-    informers: dict[str, Informer[Any]] = field(default_factory=dict, init=False)
+    # The namespaces served (glob patterns; none: all). Plain names: the kinds the operator
+    # writes are watched in those namespaces only.
+    namespaces: tuple[str, ...] = ()
+    informers: dict[str, Informer[Any] | InformerSet[Any]] = field(default_factory=dict,
+                                                                    init=False)
     _state: tuple[tuple[int, ...], ClusterState] | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         k = self.kube
 
-        def add(name: str, kind: Kind, parse: Callable[[Mapping[str, Any]], Any], **kw: Any
-                ) -> None:
-            self.informers[name] = Informer(k, kind, parse, **kw)
+        named = bool(self.namespaces) and not any(set(n) & set("*?[") for n in self.namespaces)
+
+        def add(name: str, kind: Kind, parse: Callable[[Mapping[str, Any]], Any],
+                written: bool = False, **kw: Any) -> None:
+            if written and named:
+                self.informers[name] = InformerSet([Informer(k, kind, parse, namespace=ns, **kw)
+                                                    for ns in sorted(self.namespaces)])
+            else:
+                self.informers[name] = Informer(k, kind, parse, **kw)
 
         add("ModelDeployment", KINDS["ModelDeployment"], strip)
         add("GPUPool", KINDS["GPUPool"], strip)
@@ -88,16 +102,14 @@ class ClusterView:
         add("Pod", KINDS["Pod"], parse_pod, fields="status.phase!=Succeeded,status.phase!=Failed",
             index=_pod_index)
         add("Namespace", KINDS["Namespace"], _name)
-        for kind in CHILD_KINDS[:-1]:
-            add(kind, KINDS[kind], strip, labels=CHILD_SELECTOR, index=_md_index)
-        add("ServiceMonitor", KINDS["ServiceMonitor"], strip, labels=CHILD_SELECTOR,
-            index=_md_index)
+        for kind in CHILD_KINDS:
+            add(kind, KINDS[kind], strip, written=True, labels=CHILD_SELECTOR, index=_md_index)
         add("CustomResourceDefinition", KINDS["CustomResourceDefinition"], _name,
             fields=f"metadata.name={SERVICE_MONITOR_CRD}")
         add("ClusterKopfPeering", KINDS["ClusterKopfPeering"], _peers)
         if self.capacity:
             for kind in ("ResourceQuota", "RoleBinding"):
-                add(kind, KINDS[kind], strip, labels=CAPACITY_SELECTOR)
+                add(kind, KINDS[kind], strip, written=True, labels=CAPACITY_SELECTOR)
         self.informers["CustomResourceDefinition"].on_change.append(self._crd_changed)
 
     # ----------------------------------------------------------------- lifecycle
@@ -145,7 +157,7 @@ class ClusterView:
 
     def _crd_changed(self, old: Any, new: Any) -> None:
         monitors = self.informers["ServiceMonitor"]
-        if new is not None and monitors._thread is None:
+        if new is not None and not monitors.started:
             log.info("ServiceMonitor CRD found: watching ServiceMonitors")
             monitors.start()
 

@@ -32,11 +32,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from dedicap.decide.capacity_objects import BURST_CLASS, RESERVED_CLASS
+
+__all__ = ["BURST_CLASS", "RESERVED_CLASS"]
+
 RESERVED = "reserved"
 BURST = "burst"
-
-RESERVED_CLASS = "dedicap-reserved"
-BURST_CLASS = "dedicap-burst"
 
 # Why a pool is not eligible (CamelCase, stable for programs and conditions).
 ELIGIBLE = "Eligible"
