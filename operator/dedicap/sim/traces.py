@@ -51,6 +51,8 @@ class Trace:
     rate_t: np.ndarray | None = None  # knots of the rate curve, seconds
     rate: np.ndarray | None = None  # requests/s at the knots
     mean_work: float = 1.0
+    # per minute: True where the source had no data (replayed bridged, left out of the scoring)
+    gaps: np.ndarray | None = None
 
     def rate_at(self, t: np.ndarray) -> np.ndarray:
         """Requests/s at times ``t`` (for arrival traces: the 60-s moving average)."""
