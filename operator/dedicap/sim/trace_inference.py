@@ -147,18 +147,27 @@ def pick_time_column(columns: Sequence[str], wanted: str | None) -> str:
                 return c
         raise TraceReadingError(f"--time-column {wanted!r} is not a column; columns: {cols}")
     lower = {c.lower(): c for c in cols}
+    # a usual name with its unit beside it counts too: timestamp_ms, arrival_time (s), tsNanos
+    stripped = {"_".join(_words(c)[:-1]): c for c in cols
+                if len(_words(c)) > 1 and _words(c)[-1] in _NAME_UNITS}
     for cand in TIME_COLUMNS:
         if cand in lower:
             return lower[cand]
+        if cand in stripped:
+            return stripped[cand]
     raise TraceReadingError(
         f"no timestamp column among {cols} (looked for {', '.join(TIME_COLUMNS)}); "
         "name it with --time-column")
 
 
+def _words(column: str) -> list[str]:
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", column)
+    return [w.lower() for w in re.split(r"[^A-Za-z]+", spaced) if w]
+
+
 def unit_from_name(column: str) -> str | None:
     """The unit a column's name states (``timestamp_ms``, ``arrivalTimeSec``), if any."""
-    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", column)
-    words = [w.lower() for w in re.split(r"[^A-Za-z]+", spaced) if w]
+    words = _words(column)
     # the unit is a suffix or a parenthesised word: "t" alone is the usual time name, not a unit
     for w in reversed(words[1:]):
         if w in _NAME_UNITS:
@@ -196,7 +205,8 @@ def infer_unit(column: str, values: np.ndarray, given: str = "auto"
         raise TraceReadingError(f"column {column!r} holds no timestamps")
     if not np.all(np.isfinite(values)):
         bad = int(np.sum(~np.isfinite(values)))
-        raise TraceReadingError(f"column {column!r}: {bad} timestamps are empty or not numbers")
+        raise TraceReadingError(f"column {column!r}: {bad} timestamps are empty or not numbers; "
+                                "every request needs its time (is --time-column right?)")
     cands = {c.unit: c for c in candidates(values)}
     epoch = epoch_unit(values)
     if given != "auto":

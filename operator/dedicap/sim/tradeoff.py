@@ -16,7 +16,6 @@ recommendation when the range is wider.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,7 +60,7 @@ def burst_gpu_hours(held_per_minute: np.ndarray, replicas: int, gpus_per_replica
 
 def peak_desired(res: SimResult) -> int:
     """The most replicas the replay ever asked for (its warm start included)."""
-    first = int(round(float(res.minute_ready[0]))) if res.minutes else 1
+    first = round(float(res.minute_ready[0])) if res.minutes else 1
     return max([first, 1, *(e.new for e in res.scale_events)])
 
 
