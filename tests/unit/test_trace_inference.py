@@ -68,7 +68,7 @@ def write_trace(path: Path, times_s: np.ndarray, form: str, layout: str, named: 
     return path
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     form=st.sampled_from(sorted(FORMS)),
     layout=st.sampled_from(["csv", "csv-headerless", "jsonl"]),

@@ -346,6 +346,7 @@ def main(argv: list[str]) -> int:
     source = args.trace or args.modeldeployment
     try:
         traffic = load_traffic(args)
+        source = args.replica or f"the replica model of {source}"
         model = replica_model(args, traffic)
     except (OSError, ValueError, KeyError) as e:
         print(f"dedicap plan: cannot read {source}: {e}", file=sys.stderr)
