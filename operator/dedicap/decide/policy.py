@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from dedicap.decide.forecast import HoltState, holt_forecast, holt_update
-from dedicap.decide.policy_capacity import BatchFit, size_biased_batch, slo_batch_capacity
+from dedicap.decide.policy_capacity import BatchFit, learn_batch_time, slo_batch_capacity
 
 Direction = Literal["up", "down", "hold"]
 
@@ -401,10 +401,8 @@ def decide(
     fit = state.fit
     b, comp = window.mean_batch_size, window.mean_compute_ms
     served = window.success_rate if _finite(window.success_rate) else offered
-    if _finite(b) and _finite(comp) and b >= 1.0 and comp > 0.0 and served > 0.0:
-        weight = min(1.0, served * window.window_s / 1000.0)  # few requests: a noisy point
-        fit = fit.add(size_biased_batch(b), comp / 1000.0, weight, now,
-                      config.capacity_half_life_s)
+    fit = learn_batch_time(fit, b, comp, served, window.window_s, now,
+                           config.capacity_half_life_s)
     sat_rps, sat_t = state.saturated_rps, state.saturated_t
     queue_now = window.queue_depth if _finite(window.queue_depth) else 0.0
     batch_cap = config.max_batch_size or max(2.0 * (b if _finite(b) else 1.0), 2.0)
