@@ -16,10 +16,11 @@ Conventions that the CRD generator relies on:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 GROUP = "dedicap.dev"
 VERSION = "v1alpha1"
@@ -32,14 +33,29 @@ MAX_POOL_NAME = 20
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Namespace names are DNS-1123 labels (they may start with a digit).
 NAMESPACE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# A Kubernetes resource.Quantity, as the API server's own schema spells it.
-QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+# A Kubernetes resource.Quantity that a container may request: the API server's own spelling
+# without the minus sign (a negative request is refused when the Deployment is written).
+QUANTITY = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
             r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 # Triton model names are directory names in the model repository.
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # Where Triton can read a model repository from: object stores it supports natively, an
 # absolute path inside the image, or a PersistentVolumeClaim (`pvc://<claim>/<path>`).
 MODEL_REPOSITORY = r"^(s3://|gs://|as://|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/|$)|/)"
+# No credentials in it: a user:password@ part or a query string (a signed URL, a SAS token)
+# would be copied into the Deployment's arguments, Events and logs. A CEL rule, not a pattern:
+# the API server repeats a value that fails a pattern in its answer, never one that fails CEL.
+REPOSITORY_CREDENTIALS = r"^[a-z0-9]+://[^/]*@"
+REPOSITORY_HINT = ("spec.model.repository must not carry credentials (user:password@ or a "
+                   "?query): put them in a Secret named by spec.triton.envFromSecret")
+# Kubernetes label syntax: a key is an optional DNS-subdomain prefix and a name of at most 63
+# characters; a value is empty or such a name. Node and namespace selectors are copied into
+# children, where the API server checks exactly this.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+             rf"{LABEL_NAME}$")
+LABEL_VALUE = rf"^({LABEL_NAME})?$"
+MAX_LABEL_KEY = 253 + 1 + 63
 
 DnsLabelName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 PoolName = Annotated[
@@ -56,6 +72,26 @@ PoolName = Annotated[
 ]
 NamespaceName = Annotated[str, Field(min_length=1, max_length=63, pattern=NAMESPACE_NAME)]
 Quantity = Annotated[str, Field(max_length=64, pattern=QUANTITY)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+
+
+def _label_keys(labels: dict[str, str]) -> dict[str, str]:
+    bad = [k for k in labels if len(k) > MAX_LABEL_KEY or not re.match(LABEL_KEY, k)]
+    if bad:
+        raise ValueError(f"label keys {bad!r} are not valid: a name of at most 63 characters "
+                         "(letters, digits, '-', '_', '.'), optionally after a DNS prefix and '/'")
+    return labels
+
+
+def _labels_field(field_path: str, **kwargs: Any) -> Any:
+    """A map of labels: keys checked by a CEL rule (a CRD schema cannot constrain map keys)."""
+    rule = _cel(f"self.all(k, k.size() <= {MAX_LABEL_KEY} && k.matches('{LABEL_KEY}'))",
+                f"{field_path}: every key must be a label key: a name of at most 63 characters "
+                "(letters, digits, '-', '_', '.'), optionally after a DNS prefix and '/'")
+    return Field(json_schema_extra={"x-kubernetes-validations": [rule]}, **kwargs)
+
+
+Labels = Annotated[dict[str, LabelValue], AfterValidator(_label_keys)]
 
 
 class _Model(BaseModel):
@@ -93,18 +129,41 @@ def _defaulted(model: type[_M]) -> Any:
 
 
 class Toleration(_Model):
-    """A toleration added to the pods placed on the pool (the same fields as a Pod's)."""
+    """A toleration added to the pods placed on the pool (the same fields and rules as a
+    Pod's)."""
 
-    key: str | None = Field(None, max_length=253, description="Taint key to tolerate; empty "
-                            "with operator Exists tolerates every taint.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("(has(self.key) && self.key != '') || self.operator == 'Exists'",
+             "spec.tolerations: a toleration without a key must use operator Exists"),
+        _cel("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+             "spec.tolerations: operator Exists takes no value"),
+        _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+             "spec.tolerations: tolerationSeconds needs effect NoExecute"),
+    ]})
+
+    key: str | None = Field(None, max_length=MAX_LABEL_KEY, pattern=f"^$|{LABEL_KEY}",
+                            description=(
+        "Taint key to tolerate (a label key); empty with operator Exists tolerates every "
+        "taint."))
     operator: Literal["Exists", "Equal"] = Field(
         "Equal", description="`Exists` matches any value; `Equal` needs `value` to match.")
-    value: str | None = Field(None, max_length=63, description="Taint value for `Equal`.")
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE,
+                              description="Taint value for `Equal` (a label value).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to tolerate; empty tolerates all effects.")
     toleration_seconds: int | None = Field(
         None, alias="tolerationSeconds", ge=0,
         description="For NoExecute: how long the pod stays bound after the taint appears.")
+
+    @model_validator(mode="after")
+    def _as_kubernetes_checks(self) -> Toleration:
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key must use operator Exists")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
     def k8s(self) -> dict[str, Any]:
         return self.wire()
@@ -155,15 +214,16 @@ class GPUSpec(_Model):
 class GPUPoolSpec(_Model):
     """Which nodes form the pool, what GPU they carry and what a GPU-hour costs."""
 
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        alias="nodeSelector", min_length=1, max_length=16, description=(
+    node_selector: Labels = _labels_field(
+        "spec.nodeSelector", alias="nodeSelector", min_length=1, max_length=16, description=(
             "Labels a node must carry to belong to the pool; the pool's pods get it as their "
             "nodeSelector. At least one label."))
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=16, json_schema_extra={"x-kubernetes-list-type": "atomic"},
         description="Tolerations the pool's pods need, typically for the GPU nodes' taint.")
     gpu: GPUSpec
-    price_per_gpu_hour: float = Field(0.0, alias="pricePerGPUHour", ge=0, description=(
+    price_per_gpu_hour: float = Field(0.0, alias="pricePerGPUHour", ge=0, le=1_000_000,
+                                      description=(
         "Price of one GPU for one hour, in `currency`; used for cost accounting."))
     currency: str = Field("USD", min_length=3, max_length=3, pattern=r"^[A-Z]{3}$",
                           description="ISO 4217 currency code of `pricePerGPUHour`.")
@@ -210,15 +270,29 @@ class GPUPool(_Model):
 # ----------------------------------------------------------------------------- ModelDeployment
 
 
+def _no_credentials(uri: str) -> str:
+    if re.match(REPOSITORY_CREDENTIALS, uri) or "?" in uri:
+        raise ValueError(REPOSITORY_HINT)
+    return uri
+
+
 class ModelSpec(_Model):
     """The model Triton serves."""
+
+    # On the object, not the string: the API server's answer then says "object" where it would
+    # otherwise repeat the refused value, credentials included.
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_cel(
+        f"!self.repository.matches('{REPOSITORY_CREDENTIALS}') && "
+        "!self.repository.contains('?')", REPOSITORY_HINT, ".repository")]})
 
     name: str = Field(min_length=1, max_length=128, pattern=MODEL_NAME, description=(
         "Model name: its directory in the model repository; Triton loads it with "
         "`--load-model` and reports readiness at `/v2/models/<name>/ready`."))
-    repository: str = Field(min_length=2, max_length=1024, pattern=MODEL_REPOSITORY, description=(
-        "Model repository Triton reads: `s3://`, `gs://`, `as://` (Azure), an absolute path in "
-        "the image, or `pvc://<claim>/<path>` to mount a PersistentVolumeClaim read-only."))
+    repository: Annotated[str, AfterValidator(_no_credentials)] = Field(
+        min_length=2, max_length=1024, pattern=MODEL_REPOSITORY, description=(
+            "Model repository Triton reads: `s3://`, `gs://`, `as://` (Azure), an absolute path "
+            "in the image, or `pvc://<claim>/<path>` to mount a PersistentVolumeClaim "
+            "read-only. No credentials: those go in the Secret of `triton.envFromSecret`."))
     version: str | None = Field(None, max_length=32, pattern=r"^[0-9]+$", description=(
         "Model version to serve (a number). Changing it rolls the replicas; the model's "
         "version policy in its config decides what Triton loads."))
@@ -368,8 +442,9 @@ class AutoscalingSpec(_Model):
 class NamespaceSelector(_Model):
     """Namespaces selected by their labels."""
 
-    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        alias="matchLabels", min_length=1, max_length=16,
+    match_labels: Labels = _labels_field(
+        "spec.access.namespaceSelector.matchLabels", alias="matchLabels", min_length=1,
+        max_length=16,
         description="Labels a namespace must carry, all of them.")
 
 
@@ -576,6 +651,13 @@ class ValidityWindow(_Model):
                                         description="Start of the reservation (RFC 3339).")
     not_after: datetime | None = Field(None, alias="notAfter",
                                        description="End of the reservation (RFC 3339).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidityWindow:
+        if (self.not_before is not None and self.not_after is not None
+                and not self.not_before < self.not_after):
+            raise ValueError("spec.window.notBefore must be earlier than spec.window.notAfter")
+        return self
 
 
 class CapacityReservationSpec(_Model):

@@ -262,9 +262,13 @@ class Kube:
         (the operator is the owner of its children)."""
         meta = obj["metadata"]
         path = KINDS[obj["kind"]].path(meta.get("namespace"), meta["name"], subresource)
+        # Serialized here as UTF-8: the client's own json.dumps escapes characters beyond the
+        # Basic Multilingual Plane as surrogate pairs ("\ud83e..."), which JSON readers accept
+        # but the API server's YAML reader of apply patches refuses (HTTP 400).
+        body = json.dumps(dict(obj), ensure_ascii=False).encode()
         return dict(self.request(
             "PATCH", path, query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=dict(obj), content_type="application/apply-patch+yaml"))
+            body=body, content_type="application/apply-patch+yaml"))
 
     def patch_merge(self, kind: str, name: str, patch: Mapping[str, Any], *,
                     namespace: str | None = None, subresource: str | None = None,
