@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dedicap_local import prometheus, triton
+from dedicap_local import podstatus, prometheus, triton
 
 LOG = logging.getLogger("dedicap.dataplane")
 
@@ -231,9 +231,11 @@ class DataPlane:
     feeds it from the API server."""
 
     def __init__(self, run_dir: Path, *, workers: int = 3, start_timeout: float = 120.0,
-                 notify: Callable[[], None] | None = None) -> None:
+                 notify: Callable[[], None] | None = None,
+                 pods: podstatus.Reporter | None = None) -> None:
         self.run_dir = run_dir
         self._notify = notify
+        self._pods = pods  # where a crash and a restart are reported, as a kubelet would
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
@@ -288,6 +290,8 @@ class DataPlane:
                 self._submit(key, self._stop, key)
                 continue
             crashed = inst.handle is not None and inst.handle.pid is None
+            if crashed and self._pods is not None and target.uid == inst.desired.uid:
+                self._pods.crashed(target.namespace, target.pod)
             if (crashed or target.uid != inst.desired.uid
                     or structural(target.spec) != structural(inst.desired.spec)):
                 LOG.info("restarting %s (%s)", key, "exited" if crashed else "pod or spec changed")
@@ -340,6 +344,8 @@ class DataPlane:
         with self._lock:
             self._instances[desired.key] = Instance(desired, handle, True)
             self._backoff.pop(desired.key, None)
+        if self._pods is not None:
+            self._pods.started(desired.namespace, desired.pod)
         LOG.info("tritonserver for %s/%s ready in %.1fs (http %s, metrics %s)",
                  desired.namespace, desired.pod, time.monotonic() - t0, handle.http_address,
                  handle.metrics_address)
@@ -461,7 +467,7 @@ def run(kubeconfig: Path, run_dir: Path, stop_event: threading.Event | None = No
             "nodes": process_nodes}).start()
     core = client.CoreV1Api(api_client)
     events: queue.Queue[None] = queue.Queue()
-    plane = DataPlane(run_dir, notify=lambda: events.put(None))
+    plane = DataPlane(run_dir, notify=lambda: events.put(None), pods=podstatus.Reporter(core))
     lock = threading.Lock()  # guards pods and node_pools between the watch and the loop
     pods: dict[str, dict[str, Any]] = {}
     node_pools: dict[str, str] = {}
