@@ -20,7 +20,15 @@ import pytest
 import faults
 from dedicap_local import procs
 from dedicap_local import stack as stk
-from testkit import ROOT, OperatorProcess, kget, release_operator_state, wait_for
+from testkit import (
+    OperatorProcess,
+    install_api,
+    kget,
+    release_operator_state,
+    small_md,
+    tenant_namespace,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +37,8 @@ PREFIX = "dcp-ccp"
 
 @pytest.fixture(scope="module")
 def namespace(stack: Any) -> Iterator[str]:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev")
-    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
-    name = f"{PREFIX}-{uuid.uuid4().hex[:6]}"
-    stack.kubectl("create", "namespace", name)
-    stack.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    install_api(stack)
+    name = tenant_namespace(stack, f"{PREFIX}-{uuid.uuid4().hex[:6]}")
     yield name
     stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -53,13 +56,7 @@ def operator(stack: Any, namespace: str, tmp_path_factory: pytest.TempPathFactor
 
 
 def apply_md(stack: Any, namespace: str, name: str, replicas: int) -> None:
-    stack.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"model": {"name": name, "repository": "s3://models/triton"},
-                 "resources": {"gpusPerReplica": 1, "gpuMemoryGiB": 20, "cpu": "100m",
-                               "memory": "256Mi"},
-                 "placement": {"pools": ["h100"]}, "replicas": replicas}}))
+    stack.kubectl("apply", "-f", "-", input=small_md(namespace, name, replicas=replicas))
 
 
 def ready(stack: Any, namespace: str, name: str, replicas: int) -> bool:

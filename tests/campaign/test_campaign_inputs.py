@@ -32,7 +32,14 @@ from hypothesis import HealthCheck, given, seed, settings
 import faults
 from badinput import SECRET, Case, cases, printable, through_operator
 from dedicap.controller.kube import KINDS, Kube, KubeError, load_config
-from testkit import ROOT, OperatorProcess, kget, release_operator_state, wait_for
+from testkit import (
+    OperatorProcess,
+    install_api,
+    kget,
+    release_operator_state,
+    tenant_namespace,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,19 +48,13 @@ PREFIX = "dcp-cin"
 
 @pytest.fixture(scope="module")
 def kube(stack: Any) -> Kube:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev",
-                  "crd/capacityreservations.dedicap.dev")
-    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
+    install_api(stack)
     return Kube(load_config(str(stack.kubeconfig)))
 
 
 @pytest.fixture(scope="module")
 def namespace(stack: Any) -> Iterator[str]:
-    name = f"{PREFIX}-{uuid.uuid4().hex[:6]}"
-    stack.kubectl("create", "namespace", name)
-    stack.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    name = tenant_namespace(stack, f"{PREFIX}-{uuid.uuid4().hex[:6]}")
     # Belt and braces: whatever is created for real here starts no pod.
     stack.kubectl("create", "quota", "no-pods", "-n", name, "--hard=pods=0")
     yield name

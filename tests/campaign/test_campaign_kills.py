@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 import faults
-from testkit import ROOT, OperatorProcess, kget, wait_for
+from testkit import OperatorProcess, install_api, kget, small_md, tenant_namespace, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,8 @@ WRITES = ('"PATCH ', '"POST ', '"DELETE ', '"PUT ')
 
 @pytest.fixture(scope="module")
 def namespace(stack: Any) -> Iterator[str]:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev")
-    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
-    name = f"{PREFIX}-{uuid.uuid4().hex[:6]}"
-    stack.kubectl("create", "namespace", name)
-    stack.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    install_api(stack)
+    name = tenant_namespace(stack, f"{PREFIX}-{uuid.uuid4().hex[:6]}")
     yield name
     stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -68,15 +63,10 @@ def operator(stack: Any, namespace: str, tmp_path_factory: pytest.TempPathFactor
 
 
 def md_doc(namespace: str, name: str, spec: dict[str, Any]) -> str:
-    return json.dumps({
-        "apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"model": {"name": name, "repository": "s3://models/triton",
+    return small_md(namespace, name, replicas=spec["replicas"], pools=spec["pools"],
+                    model={"name": name, "repository": "s3://models/triton",
                            "version": str(spec["version"])},
-                 "resources": {"gpusPerReplica": 1, "gpuMemoryGiB": 20, "cpu": "100m",
-                               "memory": "256Mi"},
-                 "placement": {"pools": spec["pools"]}, "replicas": spec["replicas"],
-                 "access": {"namespaces": spec["access"]}}})
+                    access={"namespaces": spec["access"]})
 
 
 def change(stack: Any, namespace: str, wanted: dict[str, dict[str, Any]],

@@ -6,7 +6,6 @@ started again and serves, and Prometheus scrapes the new process in place of the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -18,7 +17,16 @@ import pytest
 
 import faults
 from dedicap_local import dataplane, triton
-from testkit import ROOT, OperatorProcess, kget, prom_query, release_operator_state, wait_for
+from testkit import (
+    OperatorProcess,
+    install_api,
+    kget,
+    prom_query,
+    release_operator_state,
+    small_md,
+    tenant_namespace,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +35,8 @@ PREFIX = "dcp-ctc"
 
 @pytest.fixture(scope="module")
 def namespace(stack: Any) -> Iterator[str]:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev")
-    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
-    name = f"{PREFIX}-{uuid.uuid4().hex[:6]}"
-    stack.kubectl("create", "namespace", name)
-    stack.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    install_api(stack)
+    name = tenant_namespace(stack, f"{PREFIX}-{uuid.uuid4().hex[:6]}")
     yield name
     stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -52,13 +55,7 @@ def operator(stack: Any, namespace: str, tmp_path_factory: pytest.TempPathFactor
 
 def test_a_crashed_triton_makes_its_pod_not_ready_and_the_replica_comes_back(
         stack: Any, namespace: str, operator: OperatorProcess) -> None:
-    stack.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
-        "metadata": {"name": "fragile", "namespace": namespace},
-        "spec": {"model": {"name": "fragile", "repository": "s3://models/triton"},
-                 "resources": {"gpusPerReplica": 1, "gpuMemoryGiB": 20, "cpu": "100m",
-                               "memory": "256Mi"},
-                 "placement": {"pools": ["h100"]}, "replicas": 2}}))
+    stack.kubectl("apply", "-f", "-", input=small_md(namespace, "fragile", replicas=2))
     wait_for(lambda: len(dataplane.read_endpoints(stack.run_dir, namespace, "fragile")) == 2,
              "two replicas served by real tritonservers", timeout=120)
     victim = kget(stack, "pods", "-n", namespace, "-l",
