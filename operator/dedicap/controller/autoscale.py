@@ -166,6 +166,12 @@ def read_state(autoscaler_status: Mapping[str, Any] | None) -> tuple[PolicyState
         return PolicyState(), f"unreadable ({str(err)[:200]})"
 
 
+def _figures(observed: Mapping[str, Any]) -> dict[str, Any]:
+    """`status.observed` without its time and its unknowns (a merge patch stores a null as
+    nothing), to tell whether a figure changed."""
+    return {k: v for k, v in observed.items() if k != "sampledAt" and v is not None}
+
+
 def material(state: PolicyState) -> dict[str, Any]:
     """What of the state is worth a write when it changes: everything but the bookkeeping that
     moves at every evaluation, with floats rounded so that noise is no change."""
@@ -417,9 +423,7 @@ class Autoscaler(BackgroundLoop):
                                              config, decision,
                                              explanation if limit is not None else "")
             observed = st.observed_status(snap, when)
-            old_observed = {k: v for k, v in (previous.get("observed") or {}).items()
-                            if k != "sampledAt"}
-            if {k: v for k, v in observed.items() if k != "sampledAt"} != old_observed:
+            if _figures(observed) != _figures(previous.get("observed") or {}):
                 fields["observed"] = observed
             if scaled:
                 fields["lastScale"] = st.last_scale(when, current, decision.replicas, code,
