@@ -173,18 +173,22 @@ def _figures(observed: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def material(state: PolicyState) -> dict[str, Any]:
-    """What of the state is worth a write when it changes: everything but the bookkeeping that
-    moves at every evaluation, with floats rounded so that noise is no change."""
+    """What of the state is worth a write when it changes: the learned figures (capacity fit,
+    gains, peaks, levels), not the bookkeeping that moves at every evaluation (clocks, recent
+    samples, times of the last update), with floats rounded so that noise is no change. A saved
+    state is then an older but consistent record: a value is always saved with its time."""
+    def keep(key: str) -> bool:
+        return key not in _VOLATILE and key != "t" and not key.endswith("_t") and key != "since"
+
     def rounded(x: Any) -> Any:
         if isinstance(x, float):
             return round(x, 2) if math.isfinite(x) else None
         if isinstance(x, dict):
-            return {k: rounded(v) for k, v in x.items()}
+            return {k: rounded(v) for k, v in x.items() if keep(k)}
         if isinstance(x, list | tuple):
             return [rounded(v) for v in x]
         return x
-    d = state.to_dict()
-    return {k: rounded(v) for k, v in d.items() if k not in _VOLATILE}
+    return {k: rounded(v) for k, v in state.to_dict().items() if keep(k)}
 
 
 # ----------------------------------------------------------------------------- the loop
