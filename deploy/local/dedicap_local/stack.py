@@ -28,17 +28,19 @@ CACHE = Path(os.environ.get("DEDICAP_CACHE", Path.home() / ".cache" / "dedicap")
 BIN_DIR = Path(os.environ.get("DEDICAP_BIN_DIR", CACHE / "bin" / "current"))
 RUN_DIR = Path(os.environ.get("DEDICAP_RUN_DIR", CACHE / "run"))
 
-# Ports away from the usual ones, so a stack never collides with a real cluster's components.
-# `DEDICAP_PORT_OFFSET` shifts them all, so several stacks (each with its own DEDICAP_RUN_DIR)
-# can run side by side on one machine.
+# Ports away from the usual ones, so a stack never collides with a real cluster's components,
+# and below Linux's ephemeral range (32768-60999): a port in that range can be taken for a
+# moment by any outgoing connection, and a component restarted then fails to listen.
+# `DEDICAP_PORT_OFFSET` (0-2000) shifts them all, so several stacks (each with its own
+# DEDICAP_RUN_DIR) can run side by side on one machine.
 PORT_OFFSET = int(os.environ.get("DEDICAP_PORT_OFFSET", "0") or 0)
-ETCD_CLIENT_PORT = 32379 + PORT_OFFSET
-ETCD_PEER_PORT = 32380 + PORT_OFFSET
-APISERVER_PORT = 36443 + PORT_OFFSET
+ETCD_CLIENT_PORT = 22379 + PORT_OFFSET
+ETCD_PEER_PORT = 22380 + PORT_OFFSET
+APISERVER_PORT = 26443 + PORT_OFFSET
 CONTROLLER_MANAGER_PORT = 30257 + PORT_OFFSET
 SCHEDULER_PORT = 30259 + PORT_OFFSET
 KWOK_PORT = 30247 + PORT_OFFSET
-PROMETHEUS_PORT = 39090 + PORT_OFFSET
+PROMETHEUS_PORT = 29090 + PORT_OFFSET
 # kwok gives pods addresses from this range, and the stack routes the whole range to the loopback
 # device (`ip route add local`), so a process of the local data plane can listen on its pod's
 # own address, as a container does in its network namespace: Services, EndpointSlices and
