@@ -106,7 +106,8 @@ def _pki(stack: Stack) -> certs.Pki:
     return certs.ensure(stack.run_dir / "pki")
 
 
-def write_kubeconfig(stack: Stack, pki: certs.Pki) -> None:
+def write_kubeconfig(stack: Stack, pki: certs.Pki) -> bool:
+    """Write the stack's kubeconfig; True when it changed (its clients must read it again)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -118,7 +119,11 @@ def write_kubeconfig(stack: Stack, pki: certs.Pki) -> None:
             "cluster": "dedicap-local", "user": "dedicap-admin"}}],
         "current-context": "dedicap-local",
     }
-    stack.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+    text = yaml.safe_dump(config, sort_keys=False)
+    if stack.kubeconfig.exists() and stack.kubeconfig.read_text() == text:
+        return False
+    stack.kubeconfig.write_text(text)
+    return True
 
 
 def _client_flags(kubeconfig: str) -> list[str]:
@@ -241,7 +246,10 @@ def up(stack: Stack | None = None, *, with_dataplane: bool = True) -> Stack:
     stack.run_dir.mkdir(parents=True, exist_ok=True)
     route_pod_cidr()
     pki = _pki(stack)
-    write_kubeconfig(stack, pki)
+    if write_kubeconfig(stack, pki):
+        # Clients started with the old kubeconfig (another API server address) start again.
+        for name in ("dataplane", *COMPONENTS[2:]):
+            procs.stop(stack.run_dir, name)
     for name in COMPONENTS:
         already = procs.running_pid(stack.run_dir, name) is not None
         procs.start(stack.run_dir, name, _argv(stack, name, pki))
