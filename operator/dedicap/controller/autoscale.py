@@ -463,9 +463,15 @@ class Autoscaler(BackgroundLoop):
                             datetime.fromtimestamp(self.clock(), UTC))
         if upd.patch:
             meta = fresh["metadata"]
-            written = self.kube.patch_merge("ModelDeployment", meta["name"],
-                                            {"status": upd.patch}, namespace=meta["namespace"],
-                                            subresource="status")
+            try:
+                written = self.kube.patch_merge("ModelDeployment", meta["name"],
+                                                {"status": upd.patch},
+                                                namespace=meta["namespace"],
+                                                subresource="status")
+            except KubeError as err:
+                if err.not_found:  # deleted since the view showed it: nothing to report
+                    return ()
+                raise
             self.view.observe_write("ModelDeployment", written)
         return upd.transitions
 
