@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dedicap.metrics.exporter import OperatorMetrics, PoolUsage, serve
@@ -142,3 +143,22 @@ def test_served_over_http_on_localhost() -> None:
     gpus = [s for s in families["dedicap_modeldeployment_gpus"].samples
             if s.labels == {**MD, "pool": "h100"}]
     assert [s.value for s in gpus] == [2.0]
+
+
+def test_api_requests_are_counted_by_resource_not_object() -> None:
+    from dedicap.metrics.exporter import api_resource
+
+    assert api_resource("/apis/apps/v1/namespaces/t/deployments/chat-h100") == "deployments"
+    assert api_resource("/apis/dedicap.dev/v1alpha1/namespaces/t/modeldeployments/chat/status"
+                        ) == "modeldeployments/status"
+    assert api_resource("/apis/dedicap.dev/v1alpha1/gpupools/h100/status") == "gpupools/status"
+    assert api_resource("/api/v1/namespaces/t") == "namespaces"
+    assert api_resource("/api/v1/namespaces/t/events?x=1") == "events"
+    assert api_resource("/api/v1/pods") == "pods"
+    assert api_resource("/version") == "version"
+    m = OperatorMetrics()
+    m.observe_api("PATCH", "/apis/apps/v1/namespaces/t/deployments/a", 200)
+    m.observe_api("PATCH", "/apis/apps/v1/namespaces/u/deployments/b", 200)
+    text = generate_latest(m.registry).decode()
+    assert ('dedicap_api_requests_total{code="200",resource="deployments",verb="PATCH"} 2.0'
+            in text)

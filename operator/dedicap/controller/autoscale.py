@@ -166,19 +166,29 @@ def read_state(autoscaler_status: Mapping[str, Any] | None) -> tuple[PolicyState
         return PolicyState(), f"unreadable ({str(err)[:200]})"
 
 
+def _figures(observed: Mapping[str, Any]) -> dict[str, Any]:
+    """`status.observed` without its time and its unknowns (a merge patch stores a null as
+    nothing), to tell whether a figure changed."""
+    return {k: v for k, v in observed.items() if k != "sampledAt" and v is not None}
+
+
 def material(state: PolicyState) -> dict[str, Any]:
-    """What of the state is worth a write when it changes: everything but the bookkeeping that
-    moves at every evaluation, with floats rounded so that noise is no change."""
+    """What of the state is worth a write when it changes: the learned figures (capacity fit,
+    gains, peaks, levels), not the bookkeeping that moves at every evaluation (clocks, recent
+    samples, times of the last update), with floats rounded so that noise is no change. A saved
+    state is then an older but consistent record: a value is always saved with its time."""
+    def keep(key: str) -> bool:
+        return key not in _VOLATILE and key != "t" and not key.endswith("_t") and key != "since"
+
     def rounded(x: Any) -> Any:
         if isinstance(x, float):
             return round(x, 2) if math.isfinite(x) else None
         if isinstance(x, dict):
-            return {k: rounded(v) for k, v in x.items()}
+            return {k: rounded(v) for k, v in x.items() if keep(k)}
         if isinstance(x, list | tuple):
             return [rounded(v) for v in x]
         return x
-    d = state.to_dict()
-    return {k: rounded(v) for k, v in d.items() if k not in _VOLATILE}
+    return {k: rounded(v) for k, v in state.to_dict().items() if keep(k)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -417,9 +427,7 @@ class Autoscaler(BackgroundLoop):
                                              config, decision,
                                              explanation if limit is not None else "")
             observed = st.observed_status(snap, when)
-            old_observed = {k: v for k, v in (previous.get("observed") or {}).items()
-                            if k != "sampledAt"}
-            if {k: v for k, v in observed.items() if k != "sampledAt"} != old_observed:
+            if _figures(observed) != _figures(previous.get("observed") or {}):
                 fields["observed"] = observed
             if scaled:
                 fields["lastScale"] = st.last_scale(when, current, decision.replicas, code,
@@ -455,9 +463,15 @@ class Autoscaler(BackgroundLoop):
                             datetime.fromtimestamp(self.clock(), UTC))
         if upd.patch:
             meta = fresh["metadata"]
-            written = self.kube.patch_merge("ModelDeployment", meta["name"],
-                                            {"status": upd.patch}, namespace=meta["namespace"],
-                                            subresource="status")
+            try:
+                written = self.kube.patch_merge("ModelDeployment", meta["name"],
+                                                {"status": upd.patch},
+                                                namespace=meta["namespace"],
+                                                subresource="status")
+            except KubeError as err:
+                if err.not_found:  # deleted since the view showed it: nothing to report
+                    return ()
+                raise
             self.view.observe_write("ModelDeployment", written)
         return upd.transitions
 

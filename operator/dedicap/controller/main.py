@@ -219,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for loop in loops:
             loop.stop()
+        events.flush(5)
         view.stop()
         gate.withdraw()
         health.shutdown(probes)

@@ -132,8 +132,9 @@ class OperatorMetrics:
             "status).", buckets=EVALUATION_BUCKETS, registry=r)
         self.api_requests = Counter(
             "dedicap_api_requests",
-            "Requests to the Kubernetes API by verb and answer (code 0: no answer, e.g. the API "
-            "server is down).", ["verb", "code"], registry=r)
+            "Requests to the Kubernetes API by verb, resource (and subresource) and answer (code "
+            "0: no answer, e.g. the API server is down).", ["verb", "resource", "code"],
+            registry=r)
         self.watch_restarts = Counter(
             "dedicap_watch_restarts",
             "Watches of the shared cache started again, by kind and cause (relist: listed "
@@ -171,9 +172,9 @@ class OperatorMetrics:
         self.reconcile_seconds.observe(seconds)
 
     def observe_api(self, method: str, path: str, status: int) -> None:
-        """`Kube.observers` hook: count one API request (the path is left out: it names
-        objects, and every distinct value would be a new series)."""
-        self.api_requests.labels(method, str(status)).inc()
+        """`Kube.observers` hook: count one API request, by the resource its path names (not
+        the path: it names objects, and every distinct value would be a new series)."""
+        self.api_requests.labels(method, api_resource(path), str(status)).inc()
 
     def time_evaluation(self) -> Timer:
         """A context manager that observes one evaluation's duration."""
@@ -263,6 +264,22 @@ class OperatorMetrics:
         for pool in pools:
             for gauge in self._pool_metrics:
                 _remove(gauge, *key, pool)
+
+
+def api_resource(path: str) -> str:
+    """The resource (and subresource) an API path addresses: `/apis/apps/v1/namespaces/x/
+    deployments/y` -> `deployments`, `.../modeldeployments/y/status` ->
+    `modeldeployments/status`, `/api/v1/namespaces/x` -> `namespaces`, `/version` -> `version`."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if parts[:1] == ["api"]:
+        parts = parts[2:]
+    elif parts[:1] == ["apis"]:
+        parts = parts[3:]
+    if parts[:1] == ["namespaces"] and len(parts) > 2:
+        parts = parts[2:]
+    if not parts:
+        return "other"
+    return f"{parts[0]}/{parts[2]}" if len(parts) > 2 else parts[0]
 
 
 def _remove(metric: MetricWrapperBase, *labelvalues: str) -> None:
