@@ -169,19 +169,23 @@ def problems(stack: Any, namespace: str, wanted: dict[str, dict[str, Any]]) -> l
 
 
 def event_problems(stack: Any, namespace: str) -> list[str]:
-    """The Events agree with the status: the last Ready transition posted about each object is
-    to True, as its status says, and no process posted one Event twice instead of counting
-    it."""
+    """The Events agree with the status: no Event about an object claims a Ready state after
+    the status's own last transition that the status does not hold (a crash between an Event and
+    the status write it explains must not leave a false claim behind), and no process posted one
+    Event twice instead of counting it."""
     items = kget(stack, "events", "-n", namespace)["items"]
     mds = {o["metadata"]["name"]: o for o in kget(stack, "md", "-n", namespace)["items"]}
     out = []
     for name, md in mds.items():
-        about = [e for e in items if e["involvedObject"].get("uid") == md["metadata"]["uid"]]
-        flips = sorted((e["lastTimestamp"], e["message"].startswith("Ready is True"))
-                       for e in about if e["message"].startswith("Ready is "))
-        # Ready is True (problems() waited for it): the last word of the Events says so too.
-        if not flips or not any(up for t, up in flips if t == flips[-1][0]):
-            out.append(f"{name}: the last Ready Event is not 'Ready is True': {flips[-3:]}")
+        ready = next(c for c in md["status"]["conditions"] if c["type"] == "Ready")
+        claims = [(e["lastTimestamp"], e["message"]) for e in items
+                  if e["involvedObject"].get("uid") == md["metadata"]["uid"]
+                  and e["message"].startswith("Ready is ")
+                  and e["lastTimestamp"] > ready["lastTransitionTime"]
+                  and not e["message"].startswith(f"Ready is {ready['status']}")]
+        if claims:
+            out.append(f"{name}: Ready is {ready['status']} since "
+                       f"{ready['lastTransitionTime']}, but later Events say {claims}")
     seen = Counter((e["involvedObject"].get("uid"), e.get("reportingInstance"), e["type"],
                     e["reason"], e["message"]) for e in items
                    if e.get("reportingComponent") == "dedicap")

@@ -198,9 +198,6 @@ class CapacityLoop(BackgroundLoop):
                       conds: list[Any], now: datetime) -> None:
         generation = int(raw["metadata"].get("generation", 0) or 0)
         upd = status.update(raw.get("status"), fields, conds, generation, now)
-        for cond in upd.transitions:
-            self.events.record(raw, status.event_type(cond), cond.reason,
-                               f"{cond.type} is {cond.status}: {cond.message}")
         if not upd.patch:
             return
         try:
@@ -212,6 +209,9 @@ class CapacityLoop(BackgroundLoop):
             raise
         self.applier.writes += 1
         self.view.observe_write(kind, written)
+        for cond in upd.transitions:  # once written, as the reconcile does
+            self.events.record(raw, status.event_type(cond), cond.reason,
+                               f"{cond.type} is {cond.status}: {cond.message}")
 
 
 def missing_priority_classes(kube: Kube) -> list[str]:
