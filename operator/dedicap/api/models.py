@@ -392,6 +392,12 @@ class SLOSpec(_Model):
     latency: LatencySLO | None = None
     error_rate: ErrorRateSLO | None = Field(None, alias="errorRate")
 
+    @model_validator(mode="after")
+    def _something_to_keep(self) -> SLOSpec:
+        if self.latency is None and self.error_rate is None:
+            raise ValueError("spec.autoscaling.slo needs `latency`, `errorRate` or both")
+        return self
+
 
 class ScalingRules(_Model):
     """Limits on one scaling direction."""
