@@ -198,14 +198,18 @@ def test_the_largest_values_are_served_or_refused_whole(
         stack: Any, kube: Kube, namespace: str, operator: OperatorProcess,
         tmp_path: Path) -> None:
     # At every limit at once: a name of 42, a model name of 128, 64 arguments of 1024
-    # characters of four-byte unicode, 64 access namespaces of 63, an annotation of 200 KiB.
+    # characters of four-byte unicode, 64 access namespaces of 63, an annotation of 200 KiB;
+    # and characters YAML will not take raw (DEL, C1 controls, NEL, the Unicode line and
+    # paragraph separators, a byte-order mark), which JSON carries as they are.
     doc: dict[str, Any] = {
         "apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": "x" * 42, "namespace": namespace,
                      "annotations": {"example.com/notes": "🦀" * 50_000}},
         "spec": {"model": {"name": "m" * 128, "repository": "s3://" + "b" * 1019},
                  "triton": {"args": ["🦀" * 1024] * 64,
-                            "env": [{"name": f"V{i}", "value": "é" * 4096} for i in range(64)]},
+                            "env": [{"name": f"V{i}", "value": "é" * 4096} for i in range(63)]
+                            + [{"name": "ODD", "value": "a\x7fb\x85c\x9fd\u2028e\u2029f"
+                                                         "\ufeffg\tq\x01"}]},
                  "placement": {"pools": ["h100", *[f"p{i}" for i in range(7)]]},
                  "access": {"namespaces": [f"{i:02d}" + "n" * 61 for i in range(64)]},
                  "replicas": 0}}
@@ -218,6 +222,11 @@ def test_the_largest_values_are_served_or_refused_whole(
         timeout=60)
     assert not [c for c in status["conditions"] if c["reason"] in ("ApplyFailed",
                                                                     "InvalidSpec")], status
+    # Every character arrives as written.
+    deployment = kget(stack, "deployment", f"{'x' * 42}-h100", "-n", namespace)
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    assert env["ODD"] == doc["spec"]["triton"]["env"][-1]["value"], ascii(env["ODD"])
     # One more byte of annotation than the API server allows is refused whole, at its field.
     doc["metadata"]["annotations"] = {"example.com/notes": "x" * (1 << 20)}
     path.write_text(json.dumps(doc))
