@@ -27,7 +27,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || /usr/bin/python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plan,local]'
+	$(PY) -m pip install -q -e '.[dev,plan,local,monitoring]'
 	@touch $(STAMP)
 
 binaries:
@@ -40,6 +40,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator deploy/local tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/dedicap crds --check
+	$(VENV)/bin/dedicap monitoring --check
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

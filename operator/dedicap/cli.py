@@ -16,6 +16,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("dedicap.controller.main", "run the operator (kopf) against the current kubeconfig"),
     "crds": ("dedicap.api.crdgen", "write or check the CRD YAML generated from the API models"),
     "plan": ("dedicap.sim.plan", "replay a trace through the autoscaler; recommend a reservation"),
+    "monitoring": ("dedicap.monitoring.generate",
+                   "write or check the generated Prometheus rules and Grafana dashboards"),
+    "report": ("dedicap.monitoring.report",
+               "draw a ModelDeployment's timeline (PNG) and summary from Prometheus"),
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -98,6 +98,8 @@ class Kube:
         self._api = api
         self._timeout = timeout
         self._lock = threading.Lock()
+        # Told of every failed request: (verb, HTTP status or "error" for no answer).
+        self.on_error: Callable[[str, int | str], None] | None = None
 
     def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
                 body: Any = None, content_type: str = "application/json") -> Any:
@@ -107,14 +109,21 @@ class Kube:
                 method=method, resource_path=path,
                 query_params=list((query or {}).items()), header_params=headers, body=body,
                 auth_settings=["BearerToken"])
-        response = self._api.call_api(method, url, header_params=headers, body=body,
-                                      _request_timeout=self._timeout)
+        try:
+            response = self._api.call_api(method, url, header_params=headers, body=body,
+                                          _request_timeout=self._timeout)
+        except Exception:
+            if self.on_error is not None:
+                self.on_error(method, "error")
+            raise
         raw = response.read()
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
             data = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         if not 200 <= response.status < 300:
+            if self.on_error is not None:
+                self.on_error(method, response.status)
             raise KubeError(response.status, method, path, data)
         return data
 

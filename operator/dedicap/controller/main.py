@@ -129,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      priority=priority, instance=instance)
     if planner is not None:
         planner.metrics = autoscaler.metrics  # one registry for every dedicap_* series
+    reconciler.metrics = autoscaler.metrics
+    kube.on_error = autoscaler.metrics.record_api_error
     periodic = resync.PeriodicResync(
         kube, reconciler,
         PeeringGate(kube, None if args.standalone else args.peering, priority, "resync"),

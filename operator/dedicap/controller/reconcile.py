@@ -7,6 +7,7 @@ same children. kopf only decides *when* it runs (handlers.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from dedicap.controller.observe import ClusterObserver, pool_status, pool_views
 from dedicap.controller.status import Problem, compute, no_eligible_pool
 from dedicap.decide.placement import Placement, place
 from dedicap.decide.render import RenderOptions, render, selector_string
+from dedicap.metrics.exporter import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class Reconciler:
     crd_check_seconds: float = 60.0
     # Reservation-aware placement and GPU accounting; without it, plain placement.
     capacity: CapacityPlanner | None = None
+    # Where reconcile latency is observed (the operator's metrics, once they exist).
+    metrics: OperatorMetrics | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, init=False)
     _sm: tuple[float, bool] | None = field(default=None, init=False)
@@ -107,7 +111,8 @@ class Reconciler:
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         if meta.get("deletionTimestamp"):
             return  # the garbage collector removes the children
-        with self.lock(namespace, name):
+        timer = self.metrics.time_reconcile() if self.metrics else contextlib.nullcontext()
+        with self.lock(namespace, name), timer:
             fresh = self.kube.get("ModelDeployment", name, namespace)
             if fresh is None:
                 return
