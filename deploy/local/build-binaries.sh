@@ -85,6 +85,30 @@ build_etcd() {
   "$out/etcd" --version >&2
 }
 
+# prometheus-operator: its go.mod replaces its own pkg/apis and pkg/client with ./pkg/..., so it
+# too is built from a wrapper module that requires the published ones. Its CRDs (part of the same
+# module) are kept beside the binary for the local stack to install.
+build_prometheus_operator() {
+  local out="$cache/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  if [ -x "$out/prometheus-operator" ] && [ -d "$out/crds" ]; then return; fi
+  current="prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
+  step "building prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
+  local src="$cache/src/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  local mod=github.com/prometheus-operator/prometheus-operator
+  rm -rf "$src" && mkdir -p "$src"
+  printf 'module dedicap.dev/localstack/prometheus-operator\n\ngo 1.25.0\n\nrequire %s %s\n\ntool %s/cmd/operator\n' \
+    "$mod" "$PROMETHEUS_OPERATOR_VERSION" "$mod" > "$src/go.mod"
+  (cd "$src" && go mod tidy && go build -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v}" \
+    -o "$src/out/prometheus-operator" "$mod/cmd/operator")
+  local dir
+  dir=$(cd "$src" && go list -m -f '{{.Dir}}' "$mod")
+  mkdir -p "$src/out/crds" && cp "$dir"/example/prometheus-operator-crd/*.yaml "$src/out/crds/"
+  chmod -R u+w "$src/out"
+  rm -rf "$out" && mv "$src/out" "$out"
+  "$out/prometheus-operator" --version >&2
+}
+
 # kwok and helm have no replace directives: a plain `go install pkg@version` works.
 go_install() { # name version package ldflags
   local name=$1 version=$2 pkg=$3 ld=$4
@@ -98,6 +122,7 @@ go_install() { # name version package ldflags
 
 build_kubernetes
 build_etcd
+build_prometheus_operator
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
   "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
@@ -113,4 +138,8 @@ ln -sfn "$cache/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$cur/kubectl"
 ln -sfn "$cache/bin/etcd-$ETCD_VERSION/etcd" "$cur/etcd"
 ln -sfn "$cache/bin/kwok-$KWOK_VERSION/kwok" "$cur/kwok"
 ln -sfn "$cache/bin/helm-$HELM_VERSION/helm" "$cur/helm"
+ln -sfn "$cache/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/prometheus-operator" \
+  "$cur/prometheus-operator"
+ln -sfn "$cache/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds" \
+  "$cur/prometheus-operator-crds"
 step "binaries ready in $cur"

@@ -71,7 +71,8 @@ def test_unknown_values_are_nan_not_zero() -> None:
     m.set_modeldeployment("acme", "bot", desired_replicas=1, ready_replicas=1,
                           metrics_available=False, latency_ms=math.nan, latency_target_ms=200,
                           percentile=99, error_ratio=math.nan, request_rate=math.nan)
-    latency = value(m, "dedicap_modeldeployment_observed_latency_seconds", **MD, percentile="99", quantile="0.99")
+    latency = value(m, "dedicap_modeldeployment_observed_latency_seconds", **MD,
+                    percentile="99", quantile="0.99")
     assert latency is not None and math.isnan(latency)
     assert value(m, "dedicap_modeldeployment_metrics_available", **MD) == 0
 
