@@ -334,14 +334,15 @@ def sync(kubeconfig: Path, run_dir: Path, server: str, stop: threading.Event,
             try:
                 secret = api.read_namespaced_secret(GENERATED_SECRET, NAMESPACE,
                                                     _request_timeout=10)
-                data = secret.data
+                data: dict[str, str] | None = {k: str(v) for k, v in (secret.data or {}).items()}
             except ApiException as err:
                 if err.status != 404:
                     raise
                 data = None
             cms = api.list_namespaced_config_map(NAMESPACE, label_selector=RULEFILES_LABEL,
                                                  _request_timeout=10)
-            syncer.apply(data, {cm.metadata.name: cm.data or {} for cm in cms.items})
+            syncer.apply(data, {str(cm.metadata.name if cm.metadata else ""): cm.data or {}
+                                for cm in cms.items})
         except Exception as err:
             LOG.warning("sync failed: %s", err)
         stop.wait(period_s)

@@ -64,6 +64,14 @@ class Sample:
     value: float  # NaN and +-Inf as Prometheus reports them
 
 
+@dataclass(frozen=True)
+class Series:
+    """One element of a range vector: its labels and (unix time, value) points."""
+
+    labels: Mapping[str, str]
+    points: list[tuple[float, float]]
+
+
 def resolve_url(flag: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """Prometheus' base URL: the flag if given, else ``$DEDICAP_PROMETHEUS_URL``, else None.
 
@@ -154,6 +162,18 @@ class PrometheusClient:
                              f"expected one sample, got {len(samples)}")
         return samples[0].value
 
+    def query_range(self, expr: str, start: float, end: float, step_s: float) -> list[Series]:
+        """Evaluate `expr` at every `step_s` from `start` to `end` (unix times), as Grafana and
+        Prometheus' graph page do."""
+        form = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                "step": f"{step_s:g}", "timeout": f"{self.timeout_s:g}s"}
+        kind, result = self._request("query_range", form, expr)
+        if kind != "matrix":
+            raise QueryError(expr, "unexpected_result", f"expected a range vector, got a {kind}")
+        return [Series(labels=dict(item.get("metric", {})),
+                       points=[_parse_value(pair) for pair in item.get("values", [])])
+                for item in result]
+
     def ready(self) -> bool:
         """True if Prometheus answers its readiness endpoint now (one attempt, no retries)."""
         try:
@@ -167,7 +187,10 @@ class PrometheusClient:
         form: dict[str, str] = {"query": expr, "timeout": f"{self.timeout_s:g}s"}
         if at is not None:
             form["time"] = f"{at:.3f}"
-        url = f"{self.base_url}/api/v1/query"
+        return self._request("query", form, expr)
+
+    def _request(self, endpoint: str, form: Mapping[str, str], expr: str) -> tuple[str, Any]:
+        url = f"{self.base_url}/api/v1/{endpoint}"
         attempts = 1 + self.retries
         cause = ""
         for attempt in range(attempts):

@@ -115,8 +115,10 @@ NOMINAL_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 class Windows:
     """How long each nominal window really is, and the alerts' `for` durations.
 
-    `compress` divides them all; the recorded series keep their nominal names (`..._ratio_1h`
-    is the 1h window of the real rules, and 1h / compress in a compressed set)."""
+    `compress` divides the SLO windows and the burn-rate alerts' `for`; the recorded series keep
+    their nominal names (`..._ratio_1h` is the 1h window of the real rules, and 1h / compress in
+    a compressed set). The other alerts keep their real durations: they are not SRE windows,
+    and a live test must not see a start-up blip as an alert."""
 
     compress: float = 1.0
     slice_interval: str = "30s"  # the latency SLI's time slice: its group's interval
@@ -131,6 +133,7 @@ class Windows:
     thrash_changes: int = 6
 
     def real(self, nominal: str) -> str:
+        """A compressed SLO window or burn-rate `for`."""
         return prom_duration(parse_duration(nominal) / self.compress)
 
     def compressed(self, factor: float, slice_interval: str) -> Windows:
@@ -242,51 +245,50 @@ def _burn(series: Any, budget: str, conditions: tuple[BurnRate, ...]) -> str:
     return "\n  or\n".join(parts)
 
 
-def _alert(name: str, expr: str, for_: str, w: Windows, extra: dict[str, str] | None = None
+def _alert(name: str, expr: str, for_: str, extra: dict[str, str] | None = None
            ) -> dict[str, Any]:
     meta = ALERTS[name]
     annotations = {"summary": meta.summary, "runbook_url": f"{RUNBOOK_BASE}#{meta.anchor}"}
     annotations.update(extra or {})
-    return {"alert": name, "expr": expr, "for": w.real(for_),
+    return {"alert": name, "expr": expr, "for": for_,
             "labels": {"severity": meta.severity}, "annotations": annotations}
 
 
 def slo_alerts(w: Windows) -> list[dict[str, Any]]:
     return [
         _alert("DedicapLatencyBudgetBurnFast", _burn(bad_slices, LATENCY_BUDGET, PAGE),
-               w.page_for, w, {"description": (
+               w.real(w.page_for), {"description": (
                    "The slowest replica's latency at the SLO percentile missed the target in "
                    "more than 14.4x the allowed share of time slices over 1h and 5m, or 6x over "
                    "6h and 30m.")}),
         _alert("DedicapLatencyBudgetBurnSlow", _burn(bad_slices, LATENCY_BUDGET, TICKET),
-               w.ticket_for, w, {"description": (
+               w.real(w.ticket_for), {"description": (
                    "Time slices over the latency target: more than 3x the allowed share over "
                    "1d and 2h, or more than the allowed share over 3d and 6h.")}),
         _alert("DedicapErrorBudgetBurnFast", _burn(error_ratio, ERROR_BUDGET, PAGE),
-               w.page_for, w, {"description": (
+               w.real(w.page_for), {"description": (
                    "Failed / offered requests above 14.4x the error objective over 1h and 5m, "
                    "or 6x over 6h and 30m.")}),
         _alert("DedicapErrorBudgetBurnSlow", _burn(error_ratio, ERROR_BUDGET, TICKET),
-               w.ticket_for, w, {"description": (
+               w.real(w.ticket_for), {"description": (
                    "Failed / offered requests above 3x the error objective over 1d and 2h, or "
                    "above it over 3d and 6h.")}),
     ]
 
 
 def operator_alerts(w: Windows) -> list[dict[str, Any]]:
-    thrash = w.real(w.thrash_window)
     return [
-        _alert("DedicapAutoscalerBlind", f"{_by_md(METRICS_AVAILABLE)} == 0", w.blind_for, w),
+        _alert("DedicapAutoscalerBlind", f"{_by_md(METRICS_AVAILABLE)} == 0", w.blind_for),
         _alert("DedicapCapacityConstrained",
-               f"{_by_md(DESIRED_REPLICAS)} > {_by_md(READY_REPLICAS)}", w.constrained_for, w),
+               f"{_by_md(DESIRED_REPLICAS)} > {_by_md(READY_REPLICAS)}", w.constrained_for),
         _alert("DedicapReservationRefused",
-               f"max by (pool, reservation) ({RESERVATION_ADMITTED}) == 0", w.refused_for, w),
+               f"max by (pool, reservation) ({RESERVATION_ADMITTED}) == 0", w.refused_for),
         _alert("DedicapScaleThrashing",
-               f"max by ({MD}) (changes({DESIRED_REPLICAS}[{thrash}])) > {w.thrash_changes}",
-               w.thrash_for, w, {"description": (
+               f"max by ({MD}) (changes({DESIRED_REPLICAS}[{w.thrash_window}])) > "
+               f"{w.thrash_changes}", w.thrash_for, {"description": (
                    f"spec.replicas changed more than {w.thrash_changes} times within "
                    f"{w.thrash_window}.")}),
-        _alert("DedicapOperatorDown", f"absent({BUILD_INFO})", w.operator_down_for, w),
+        _alert("DedicapOperatorDown", f"absent({BUILD_INFO})", w.operator_down_for),
     ]
 
 
