@@ -12,10 +12,12 @@ STAMP := $(VENV)/.installed
 
 setup: system-packages venv binaries
 
-# Debian's python3.11 (the Triton Python backend links its libpython3.11) and Prometheus.
+# Debian's python3.11 (the Triton Python backend links its libpython3.11), Prometheus (and its
+# promtool) and Alertmanager.
 system-packages:
 	@missing=""; \
-	for p in python3.11 python3.11-venv python3.11-dev libpython3.11 prometheus; do \
+	for p in python3.11 python3.11-venv python3.11-dev libpython3.11 prometheus \
+	         prometheus-alertmanager; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -16,8 +16,10 @@ Alertmanager receives its alerts.
   * every `kubernetes_sd_configs` entry gets `api_server` and `tls_config` (the stack's CA and
     client certificate) in place of the in-cluster service account;
   * `$(POD_NAME)` in external labels (expanded by the config reloader in a pod) becomes `local`.
-- Prometheus (`prometheus-monitoring`, port 39091) is a second one beside the stack's own (which
-  keeps file-based discovery for tests that run pods without a ModelDeployment).
+- Prometheus (`prometheus-monitoring`, port 39091) is a second one beside the stack's own, and
+  not Debian's: Debian's 2.42 is built without Kubernetes service discovery, so this one is
+  Prometheus 3.5 built from the Go module proxy (build-binaries.sh). The stack's own Prometheus
+  (Debian's) keeps file-based discovery for tests that run pods without a ModelDeployment.
 - Alertmanager listens on an address of the pod range (routed to the loopback device), and the
   Service `monitoring/alertmanager` has an EndpointSlice pointing at it, so Prometheus finds it
   through the API server like any Alertmanager in a cluster. Where its notifications go is
@@ -56,10 +58,28 @@ PROMETHEUS_PORT = 39091 + stk.PORT_OFFSET
 OPERATOR_WEB_PORT = 38080 + stk.PORT_OFFSET
 ALERTMANAGER_PORT = 9093
 SCRAPE_INTERVAL = "2s"
+
+
+def _pin(name: str) -> str:
+    """A pin of deploy/local/versions.env (the one place versions are written)."""
+    for line in (stk.LOCAL_DIR / "versions.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == name:
+            return value.strip()
+    raise KeyError(f"{name} is not pinned in versions.env")
+
+
+PROMETHEUS_VERSION = _pin("PROMETHEUS_VERSION")
 POD_PREFIX = "/etc/prometheus/"
 GENERATED_SECRET = f"prometheus-{PROMETHEUS_OBJECT}"
 RULEFILES_LABEL = f"prometheus-name={PROMETHEUS_OBJECT}"
 PROCESSES = ("monitoring-sync", "prometheus-monitoring", "alertmanager", "prometheus-operator")
+# The chart's release whose monitoring objects are installed (`install_chart_monitoring`).
+RELEASE, RELEASE_NAMESPACE = "dedicap", "dedicap-system"
+OPERATOR_METRICS_PORT = 9464
+CHART = stk.LOCAL_DIR.parent.parent / "charts" / "dedicap"
+CHART_MONITORING = ("templates/metrics-service.yaml", "templates/servicemonitor.yaml",
+                    "templates/prometheusrule.yaml")
 
 
 def service_address(index: int, cidr: str = stk.POD_CIDR) -> str:
@@ -95,7 +115,7 @@ def prometheus_object(scrape_interval: str = SCRAPE_INTERVAL) -> dict[str, Any]:
         "apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
         "metadata": {"name": PROMETHEUS_OBJECT, "namespace": NAMESPACE},
         "spec": {
-            "version": "v2.42.0",  # Debian's: the operator writes what that version reads
+            "version": PROMETHEUS_VERSION,  # the operator writes what that version reads
             "replicas": 0,
             "serviceDiscoveryRole": "EndpointSlice",
             "scrapeInterval": scrape_interval,
@@ -205,6 +225,54 @@ def expose(stack: stk.Stack, namespace: str, service: str, port_name: str, addre
                   input=json.dumps(eps))
 
 
+def operator_metrics_address() -> str:
+    """Where `dedicap run` serves /metrics on the local stack (`--metrics-address`), so that
+    the chart's metrics Service can point at it."""
+    return service_address(1)
+
+
+def chart_monitoring_objects(stack: stk.Stack, groups: list[dict[str, Any]] | None = None,
+                             scrape_interval: str = SCRAPE_INTERVAL) -> list[dict[str, Any]]:
+    """The chart's metrics Service, ServiceMonitor and PrometheusRule (`helm template`, as
+    `helm install` would create them). `groups` replaces the rule groups (a live test's
+    compressed windows); the object is otherwise the chart's."""
+    rendered = _run([stack.binary("helm"), "template", RELEASE, str(CHART),
+                     "--namespace", RELEASE_NAMESPACE, "--kube-version", "1.35.0",
+                     "--set", "monitoring.serviceMonitor.enabled=true",
+                     "--set", f"monitoring.serviceMonitor.interval={scrape_interval}",
+                     "--set", "monitoring.prometheusRule.enabled=true",
+                     *(a for t in CHART_MONITORING for a in ("--show-only", t))])
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    for obj in objects:
+        if obj["kind"] == "PrometheusRule" and groups is not None:
+            obj["spec"] = {"groups": groups}
+    return objects
+
+
+def _run(argv: list[str]) -> str:
+    import subprocess
+
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def install_chart_monitoring(stack: stk.Stack, groups: list[dict[str, Any]] | None = None
+                             ) -> list[dict[str, Any]]:
+    """Apply the chart's monitoring objects and point its metrics Service at the operator's
+    address on this machine (no operator pod runs here); returns the objects."""
+    stack.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
+    objects = chart_monitoring_objects(stack, groups)
+    stack.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=helm",
+                  "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                               "items": objects}))
+    service = next(o for o in objects if o["kind"] == "Service")
+    expose(stack, RELEASE_NAMESPACE, service["metadata"]["name"], "metrics",
+           operator_metrics_address(), OPERATOR_METRICS_PORT, selectorless=False)
+    return objects
+
+
 def up(stack: stk.Stack, *, receiver_url: str | None = None) -> str:
     """Start (or keep) prometheus-operator, the monitoring Prometheus and Alertmanager; return
     the Prometheus URL. Idempotent."""
@@ -241,7 +309,7 @@ def up(stack: stk.Stack, *, receiver_url: str | None = None) -> str:
     if not config.exists():
         config.write_text(yaml.safe_dump({"global": {"scrape_interval": SCRAPE_INTERVAL}}))
     procs.start(run_dir, "prometheus-monitoring", [
-        _binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={h / 'data'}",
+        stack.binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={h / 'data'}",
         "--storage.tsdb.retention.time=2d", f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
         "--web.enable-lifecycle", "--log.level=warn"], cwd=h)
     import sys
