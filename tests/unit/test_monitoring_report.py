@@ -18,7 +18,7 @@ def test_every_query_parses() -> None:
     exprs = [q.request_rate(), q.success_rate(), q.desired(), q.ready(), q.serving(),
              q.latency_ms(), q.target_ms(), q.gpus(), q.hourly_cost(),
              q.reservation_gpus("acme-h100"), q.slo_minutes(w), q.integral_hours(q.gpus(), w),
-             q.scale_events(w), q.requests(w), q.failed(w)]
+             q.requests(w), q.failed(w)]
     for expr in exprs:
         promql_parser.parse(expr)
     assert "[1h:60s]" in q.slo_minutes(w)
@@ -26,7 +26,8 @@ def test_every_query_parses() -> None:
 
 def test_window_step_gives_about_600_points_and_at_least_2s() -> None:
     assert report.window(0, 3600).step_s == 6
-    assert report.window(0, 60).step_s == 2
+    w = report.window(0.5, 61)
+    assert w.step_s == 2 and w.end == 61 and w.start == -1  # the last point is the end
     with pytest.raises(ValueError, match="must end after"):
         report.window(10, 10)
 

@@ -15,7 +15,8 @@ Alertmanager receives its alerts.
   * paths under `/etc/prometheus/` (rule files, TLS assets) move under `run_dir/monitoring/`;
   * every `kubernetes_sd_configs` entry gets `api_server` and `tls_config` (the stack's CA and
     client certificate) in place of the in-cluster service account;
-  * `$(POD_NAME)` in external labels (expanded by the config reloader in a pod) becomes `local`.
+  * what the config reloader expands from the pod's environment: `$(POD_NAME)` (the replica's
+    external label) becomes `local`, `$(SHARD)` (the sharding relabeling) becomes `0`.
 - Prometheus (`prometheus-monitoring`, port 39091) is a second one beside the stack's own, and
   not Debian's: Debian's 2.42 is built without Kubernetes service discovery, so this one is
   Prometheus 3.5 built from the Go module proxy (build-binaries.sh). The stack's own Prometheus
@@ -133,10 +134,6 @@ def adjust(config: Mapping[str, Any], run_dir: Path, server: str, pki: certs.Pki
            ) -> dict[str, Any]:
     """The generated configuration as this machine's Prometheus runs it (see the module doc)."""
     out: dict[str, Any] = _move_paths(copy.deepcopy(dict(config)), home(run_dir))
-    labels = (out.get("global") or {}).get("external_labels") or {}
-    for key, value in labels.items():
-        if isinstance(value, str):
-            labels[key] = value.replace("$(POD_NAME)", "local")
     tls = {"ca_file": str(pki.ca_cert), "cert_file": str(pki.admin_cert),
            "key_file": str(pki.admin_key)}
     sections = [*(out.get("scrape_configs") or []),
@@ -148,9 +145,18 @@ def adjust(config: Mapping[str, Any], run_dir: Path, server: str, pki: certs.Pki
     return out
 
 
+# What the config reloader expands from the pod's environment: this Prometheus is the only
+# replica of the only shard.
+POD_ENVIRONMENT = {"$(POD_NAME)": "local", "$(SHARD)": "0"}
+
+
 def _move_paths(value: Any, to: Path) -> Any:
     if isinstance(value, str) and value.startswith(POD_PREFIX):
         return str(to / value[len(POD_PREFIX):])
+    if isinstance(value, str):
+        for name, replacement in POD_ENVIRONMENT.items():
+            value = value.replace(name, replacement)
+        return value
     if isinstance(value, dict):
         return {k: _move_paths(v, to) for k, v in value.items()}
     if isinstance(value, list):

@@ -97,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "DEDICAP_MONITORING_NAMESPACES", ["monitoring"])
     planner = capacity.CapacityPlanner(kube) if args.capacity else None
     reconciler = Reconciler(kube, ClusterObserver(kube),
-                            RenderOptions(monitoring_namespaces=tuple(monitoring)),
+                            RenderOptions(monitoring_namespaces=tuple(monitoring),
+                                          # Triton is scraped as often as the autoscaler
+                                          # assumes (its staleness check relies on it).
+                                          scrape_interval=f"{args.scrape_interval:g}s"),
                             capacity=planner)
     namespaces = tuple(args.namespace)
     registry = kopf.OperatorRegistry()

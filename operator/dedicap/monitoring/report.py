@@ -46,10 +46,13 @@ class Window:
 
 
 def window(start: float, end: float, points: int = 600) -> Window:
-    """The window with a step giving about `points` points (at least 2 s, whole seconds)."""
+    """The window with a step giving about `points` points (at least 2 s, whole seconds). Its
+    start moves back to a whole number of steps before `end`, so that a range query's last
+    point is `end` itself (range queries evaluate at start + k x step)."""
     if end <= start:
         raise ValueError(f"the window must end after it starts ({start} .. {end})")
-    return Window(start, end, float(max(2, math.ceil((end - start) / points))))
+    step = float(max(2, math.ceil((end - start) / points)))
+    return Window(end - math.ceil((end - start) / step) * step, end, step)
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,6 @@ class Queries:
         return (f"sum_over_time(({expr})[{w.range}:{prom_duration(w.step_s)}]) * "
                 f"{w.step_s:g} / 3600")
 
-    def scale_events(self, w: Window) -> str:
-        return f"changes(({self.desired()})[{w.range}:{prom_duration(w.step_s)}])"
-
     def requests(self, w: Window) -> str:
         names = f'__name__=~"{promql.SUCCESS}|{promql.FAILURE}"'
         return f"sum(increase({{{self.target.matchers(names)}}}[{w.range}]))"
@@ -127,9 +127,8 @@ class Summary:
     slo_minute_attainment: float  # 0..1, NaN without traffic
     gpu_hours: float
     cost: float
-    scale_ups: int
+    scale_ups: int  # increases of the desired count in its range query
     scale_downs: int
-    scale_events: int  # Prometheus' changes() of the desired count
     requests: float
     failed: float
     peak_replicas: float
@@ -142,8 +141,8 @@ class Summary:
             f"  SLO minutes met (p{self.percentile:g} <= {self.target_ms:g} ms): "
             f"{_pct(self.slo_minute_attainment)}",
             f"  GPU-hours: {self.gpu_hours:.3f}   cost: {self.cost:.2f}",
-            f"  scale events: {self.scale_events} ({self.scale_ups} up, {self.scale_downs} "
-            f"down), peak {self.peak_replicas:g} replicas",
+            f"  scale events: {self.scale_ups} up, {self.scale_downs} down, peak "
+            f"{self.peak_replicas:g} replicas",
             f"  requests: {self.requests:.0f}, failed {self.failed:.0f}",
         ]
 
@@ -202,7 +201,6 @@ def collect(client: PrometheusClient, namespace: str, name: str, w: Window,
         cost=_zero(scalar(q.integral_hours(q.hourly_cost(), w))),
         scale_ups=sum(1 for _, a, b in changes if b > a),
         scale_downs=sum(1 for _, a, b in changes if b < a),
-        scale_events=int(_zero(scalar(q.scale_events(w)))),
         requests=_zero(scalar(q.requests(w))), failed=_zero(scalar(q.failed(w))),
         peak_replicas=max((v for _, v in _points(data["desired"]) if not math.isnan(v)),
                           default=math.nan))
