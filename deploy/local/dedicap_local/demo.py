@@ -35,7 +35,9 @@ PROFILE = "40:20,100:110,100:20"
 RESERVATION = "acme-h100"
 # After the load, how long to wait at most for the scale-down (the policy's default scale-down
 # stabilization is 180 s).
-SCALE_DOWN_WAIT_S = 240
+SCALE_DOWN_WAIT_S = 300
+BURST_MEMORY_S = 60
+TAIL_RPS = 10  # the traffic that goes on while the demo waits for the scale-down
 
 
 def _apply(stack: stk.Stack, *paths: Path) -> None:
@@ -50,6 +52,8 @@ def start_operator(stack: stk.Stack, prometheus_url: str) -> None:
     procs.start(stack.run_dir, "operator", [
         str(Path(sys.executable).with_name("dedicap")), "run", "--all-namespaces",
         "--prometheus-url", prometheus_url, "--scrape-interval", "2",
+        # Capacity kept for a burst's peak: a minute, so the demo's scale-down comes in minutes.
+        "--burst-memory", str(BURST_MEMORY_S),
         "--metrics-address", monitoring.operator_metrics_address(),
         "--metrics-port", str(monitoring.OPERATOR_METRICS_PORT),
     ], env={"KUBECONFIG": str(stack.kubeconfig)})
@@ -120,9 +124,12 @@ def run(stack: stk.Stack, *, with_load: bool = True) -> None:
         print(f"\nclients: sent {clients['sent']}, succeeded {clients['succeeded']}, "
               f"failed {clients['failed']}, p95 {clients['p95_ms']} ms")
         peak = want(stack)
-        stk.log("load over: waiting for the scale-down")
+        stk.log(f"the peak is over: {TAIL_RPS} req/s go on while the replicas scale down")
+        tail = loadgen.Background(loadgen.endpoints_for(NAMESPACE, MODEL, stack.run_dir),
+                                  [loadgen.Step(SCALE_DOWN_WAIT_S, TAIL_RPS)])
         watch(stack, seconds=SCALE_DOWN_WAIT_S,
               until=lambda: (n := want(stack)) is not None and peak is not None and n < peak)
+        tail.stop()
         picture(stack, prometheus_url, started, time.time())
     for what in (["gpupools"], ["capacityreservations"], ["md", "-A"]):
         print("\n$ kubectl get " + " ".join(what))

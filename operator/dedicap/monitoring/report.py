@@ -252,7 +252,7 @@ def draw(summary: Summary, data: dict[str, list[Series]], out: Path) -> Path:
         each.legend(loc="upper left", fontsize=8)
         each.grid(alpha=0.3)
     fig.suptitle("\n".join(summary.lines()), fontsize=9, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
