@@ -7,17 +7,20 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CACHE_DIR := $(or $(DEDICAP_CACHE),$(HOME)/.cache/dedicap)
 
-.PHONY: setup system-packages venv binaries demo test lint unit integration down clean
+.PHONY: setup system-packages venv binaries image image-docker image-verify image-lock \
+	image-lock-debian demo test lint unit integration down clean
 
 setup: system-packages venv binaries
 
 # Debian's python3.11 (the Triton Python backend links its libpython3.11), Prometheus (and its
-# promtool) and Alertmanager.
+# promtool) and Alertmanager; the image tools (mmdebstrap, umoci, skopeo) and bubblewrap, which
+# also runs the process nodes' pods.
 system-packages:
 	@missing=""; \
 	for p in python3.11 python3.11-venv python3.11-dev libpython3.11 prometheus \
-	         prometheus-alertmanager; do \
+	         prometheus-alertmanager mmdebstrap umoci skopeo bubblewrap; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -35,22 +38,53 @@ $(STAMP): pyproject.toml
 binaries:
 	bash deploy/local/build-binaries.sh
 
+# The operator's OCI image, built from Debian's and PyPI's packages at the pins of deploy/image/
+# (no container engine): dist/dedicap_<version>.oci.tar. Cached layers make a rebuild quick.
+image: setup
+	$(PY) deploy/image/build.py
+
+# The same plus a docker-archive (docker load) beside it.
+image-docker: setup
+	$(PY) deploy/image/build.py --docker-archive
+
+# Build twice with empty caches and compare the digests.
+image-verify: setup
+	$(PY) deploy/image/build.py --verify
+
+# Re-pin the image's Python packages (from pyproject.toml) and build tools, with hashes.
+image-lock: venv
+	@test -x $(CACHE_DIR)/image/pip-tools/bin/pip-compile || \
+	  (/usr/bin/python3.11 -m venv $(CACHE_DIR)/image/pip-tools && \
+	   $(CACHE_DIR)/image/pip-tools/bin/pip install -q pip-tools==7.5.1)
+	cd deploy/image && PIP_FIND_LINKS= CUSTOM_COMPILE_COMMAND="make image-lock" \
+	  $(CACHE_DIR)/image/pip-tools/bin/pip-compile -q --generate-hashes --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --output-file requirements.lock ../../pyproject.toml
+	cd deploy/image && PIP_FIND_LINKS= CUSTOM_COMPILE_COMMAND="make image-lock" \
+	  $(CACHE_DIR)/image/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links --output-file build-tools.lock build-tools.in
+
+# Re-pin the image's Debian packages at the versions the mirror has now.
+image-lock-debian: setup
+	$(PY) deploy/image/build.py --lock-debian
+
 demo: setup
 	$(VENV)/bin/dedicap-local demo
 
 lint: venv
-	$(VENV)/bin/ruff check operator deploy/local tests benchmarks
+	$(VENV)/bin/ruff check operator deploy/local deploy/image tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy deploy/image/build.py
 	$(VENV)/bin/dedicap crds --check
 	$(VENV)/bin/dedicap monitoring --check
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-integration: setup
+integration: setup image
 	$(VENV)/bin/pytest -q -m integration tests/integration
 
-test: setup lint
+# The integration tests run the operator's image: `image` builds it (cached after the first time).
+test: setup lint image
 	$(VENV)/bin/pytest -q -rs tests
 
 down:

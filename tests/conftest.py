@@ -1,5 +1,7 @@
 """Shared fixtures. The `stack` fixture brings the real local stack up once per test session
-(or reuses one whose control plane is already running, and then leaves it running)."""
+(or reuses one whose control plane is already running, and then leaves it running), with the
+cluster-scoped objects the Helm chart ships (PriorityClasses, tenant ClusterRoles) that an
+operator run outside the chart relies on."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dedicap_local import chart
 from dedicap_local import stack as stk
 
 
@@ -25,6 +28,7 @@ def stack() -> Iterator[stk.Stack]:
         # Tests start from an empty cluster: no objects left over from an earlier run.
         stk.down(s, purge=True)
     stk.up(s)
+    chart.install_cluster_objects(s)
     yield s
     if not was_running and os.environ.get("DEDICAP_KEEP_STACK") != "1":
         stk.down(s)

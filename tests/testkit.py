@@ -13,6 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,77 @@ def release_operator_state(stack: Any, peering: str | None = None) -> None:
     else removes (the operator puts no finalizer on any object, so nothing else is left)."""
     if peering:
         stack.kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found", check=False)
+
+
+@dataclass
+class SimPool:
+    """A pool of simulated GPU nodes that only this test's pods tolerate."""
+
+    stack: Any
+    name: str
+    nodes: int
+    gpus_per_node: int
+    memory_gib: float = 80.0
+    price: float = 2.5
+    created_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def taint_key(self) -> str:
+        return "dedicap.dev/test-pool"
+
+    def tolerations(self) -> list[dict[str, str]]:
+        return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": self.taint_key, "operator": "Equal", "value": self.name,
+                 "effect": "NoSchedule"}]
+
+    def node_name(self, i: int) -> str:
+        return f"{self.name}-{i}"
+
+    def create(self) -> None:
+        nodes: list[dict[str, Any]] = []
+        for i in range(self.nodes):
+            name = self.node_name(i)
+            capacity_ = {"cpu": "64", "memory": "512Gi", "pods": "110",
+                         "nvidia.com/gpu": str(self.gpus_per_node)}
+            nodes.append({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake",
+                                                           "node.alpha.kubernetes.io/ttl": "0"},
+                             "labels": {"kubernetes.io/hostname": name, "type": "kwok",
+                                        "kubernetes.io/os": "linux",
+                                        "kubernetes.io/arch": "amd64",
+                                        "dedicap.dev/pool": self.name,
+                                        "topology.kubernetes.io/zone": f"zone-{'ab'[i % 2]}"}},
+                "spec": {"taints": [
+                    {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+                    {"key": self.taint_key, "value": self.name, "effect": "NoSchedule"}]},
+                "status": {"capacity": capacity_, "allocatable": dict(capacity_)}})
+        self.stack.kubectl("create", "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": nodes}))
+        self.created_nodes = [n["metadata"]["name"] for n in nodes]
+        self.stack.kubectl("apply", "-f", "-", input=json.dumps(self.gpupool()))
+        wait_for(self._all_ready, f"nodes of {self.name} Ready")
+
+    def gpupool(self) -> dict[str, Any]:
+        return {"apiVersion": "dedicap.dev/v1alpha1", "kind": "GPUPool",
+                "metadata": {"name": self.name},
+                "spec": {"nodeSelector": {"dedicap.dev/pool": self.name},
+                         "tolerations": self.tolerations(),
+                         "gpu": {"product": f"TEST-{self.name}", "memoryGiB": self.memory_gib,
+                                 "perNode": self.gpus_per_node},
+                         "pricePerGPUHour": self.price}}
+
+    def _all_ready(self) -> bool:
+        out = json.loads(self.stack.kubectl(
+            "get", "nodes", "-l", f"dedicap.dev/pool={self.name}", "-o", "json").stdout)
+        ready = [n for n in out["items"] if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in n.get("status", {}).get("conditions", []))]
+        return len(ready) == self.nodes
+
+    def delete(self) -> None:
+        self.stack.kubectl("delete", "gpupool", self.name, "--ignore-not-found", "--wait=false",
+                           check=False)
+        for n in self.created_nodes:
+            self.stack.kubectl("delete", "node", n, "--ignore-not-found", "--wait=false",
+                               check=False)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 # subcommand -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("dedicap.controller.main", "run the operator (kopf) against the current kubeconfig"),
-    "crds": ("dedicap.api.crdgen", "write or check the CRD YAML generated from the API models"),
+    "crds": ("dedicap.manifests", "write or check the CRDs and the Helm chart's generated "
+             "templates"),
     "plan": ("dedicap.sim.plan", "replay a trace through the autoscaler; recommend a reservation"),
     "monitoring": ("dedicap.monitoring.generate",
                    "write or check the generated Prometheus rules and Grafana dashboards"),

@@ -22,84 +22,10 @@ import pytest
 from dedicap.controller import capacity
 from dedicap.controller.kube import Kube, load_config
 from dedicap.decide import capacity_objects as co
-from testkit import wait_for
+from testkit import SimPool, wait_for
 
 pytestmark = pytest.mark.integration
 
-
-
-@dataclass
-class SimPool:
-    """A pool of simulated GPU nodes that only this test's pods tolerate."""
-
-    stack: Any
-    name: str
-    nodes: int
-    gpus_per_node: int
-    memory_gib: float = 80.0
-    price: float = 2.5
-    created_nodes: list[str] = field(default_factory=list)
-
-    @property
-    def taint_key(self) -> str:
-        return "dedicap.dev/test-pool"
-
-    def tolerations(self) -> list[dict[str, str]]:
-        return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                {"key": self.taint_key, "operator": "Equal", "value": self.name,
-                 "effect": "NoSchedule"}]
-
-    def node_name(self, i: int) -> str:
-        return f"{self.name}-{i}"
-
-    def create(self) -> None:
-        nodes: list[dict[str, Any]] = []
-        for i in range(self.nodes):
-            name = self.node_name(i)
-            capacity_ = {"cpu": "64", "memory": "512Gi", "pods": "110",
-                         "nvidia.com/gpu": str(self.gpus_per_node)}
-            nodes.append({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake",
-                                                           "node.alpha.kubernetes.io/ttl": "0"},
-                             "labels": {"kubernetes.io/hostname": name, "type": "kwok",
-                                        "kubernetes.io/os": "linux",
-                                        "kubernetes.io/arch": "amd64",
-                                        "dedicap.dev/pool": self.name,
-                                        "topology.kubernetes.io/zone": f"zone-{'ab'[i % 2]}"}},
-                "spec": {"taints": [
-                    {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
-                    {"key": self.taint_key, "value": self.name, "effect": "NoSchedule"}]},
-                "status": {"capacity": capacity_, "allocatable": dict(capacity_)}})
-        self.stack.kubectl("create", "-f", "-", input=json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": nodes}))
-        self.created_nodes = [n["metadata"]["name"] for n in nodes]
-        self.stack.kubectl("apply", "-f", "-", input=json.dumps(self.gpupool()))
-        wait_for(self._all_ready, f"nodes of {self.name} Ready")
-
-    def gpupool(self) -> dict[str, Any]:
-        return {"apiVersion": "dedicap.dev/v1alpha1", "kind": "GPUPool",
-                "metadata": {"name": self.name},
-                "spec": {"nodeSelector": {"dedicap.dev/pool": self.name},
-                         "tolerations": self.tolerations(),
-                         "gpu": {"product": f"TEST-{self.name}", "memoryGiB": self.memory_gib,
-                                 "perNode": self.gpus_per_node},
-                         "pricePerGPUHour": self.price}}
-
-    def _all_ready(self) -> bool:
-        out = json.loads(self.stack.kubectl(
-            "get", "nodes", "-l", f"dedicap.dev/pool={self.name}", "-o", "json").stdout)
-        ready = [n for n in out["items"] if any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in n.get("status", {}).get("conditions", []))]
-        return len(ready) == self.nodes
-
-    def delete(self) -> None:
-        self.stack.kubectl("delete", "gpupool", self.name, "--ignore-not-found", "--wait=false",
-                           check=False)
-        for n in self.created_nodes:
-            self.stack.kubectl("delete", "node", n, "--ignore-not-found", "--wait=false",
-                               check=False)
 
 
 @dataclass
@@ -163,7 +89,6 @@ class Env:
 @pytest.fixture
 def env(stack: Any) -> Iterator[Env]:
     e = Env(stack, Kube(load_config(str(stack.kubeconfig))), uuid.uuid4().hex[:6])
-    capacity.ensure_cluster_objects(e.kube)
     yield e
     for r in e.reservations:
         stack.kubectl("delete", "capacityreservation", r, "--ignore-not-found", check=False)
@@ -217,7 +142,10 @@ def test_quota_refuses_pods_beyond_reservation_plus_burst(env: Env) -> None:
     assert env.gpu_pod(ns, "third", pool, 1, co.BURST_CLASS) == ""
 
 
-def test_tenants_read_but_cannot_change_reservations_and_quotas(env: Env) -> None:
+def test_tenants_read_their_quota_and_models_but_no_reservation(env: Env) -> None:
+    """A tenant's service accounts read their namespace's quota and ModelDeployments (the
+    RoleBinding of dedicap-tenant-view the capacity reconcile writes) and no reservation at
+    all: reservations are cluster-scoped, and reading one would expose every tenant's."""
     pool = env.pool("r", nodes=1, gpus=8)
     ns = env.namespace("r")
     name = env.reservation("r", pool.name, 1, [ns])
@@ -230,9 +158,11 @@ def test_tenants_read_but_cannot_change_reservations_and_quotas(env: Env) -> Non
         proc = env.stack.kubectl("auth", "can-i", *args, *as_tenant, check=False)
         return proc.stdout.strip() == "yes"
 
-    assert can("get", f"capacityreservations.dedicap.dev/{name}")
-    assert can("list", "gpupools.dedicap.dev")
     assert can("get", "resourcequotas", "-n", ns)
+    assert can("list", "modeldeployments.dedicap.dev", "-n", ns)
+    assert not can("list", "modeldeployments.dedicap.dev", "-n", "default")
+    assert not can("get", f"capacityreservations.dedicap.dev/{name}")
+    assert not can("list", "capacityreservations.dedicap.dev")
     for verb in ("create", "patch", "delete"):
         assert not can(verb, "capacityreservations.dedicap.dev")
         assert not can(verb, "resourcequotas", "-n", ns)
@@ -241,8 +171,9 @@ def test_tenants_read_but_cannot_change_reservations_and_quotas(env: Env) -> Non
     proc = env.stack.kubectl("patch", "capacityreservation", name, "--type=merge", "-p",
                              '{"spec":{"gpus":8}}', *as_tenant, check=False)
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower()
-    read = env.stack.kubectl("get", "capacityreservation", name, *as_tenant)
-    assert name in read.stdout
+    quota = env.stack.kubectl("get", "resourcequota", co.QUOTA_NAME, "-n", ns, "-o", "json",
+                              *as_tenant)
+    assert json.loads(quota.stdout)["metadata"]["annotations"][co.ANNOTATION_RESERVATIONS] == name
 
 
 def _phase(env: Env, ns: str, name: str) -> tuple[str, str]:

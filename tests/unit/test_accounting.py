@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from dedicap.api.models import CostStatus
 from dedicap.controller.accounting import Accountant, recorded_integral
-from dedicap.decide.reservations import GPUHours, PoolState, accumulate, gap_by_pool, resume
+from dedicap.decide.accounting import GPUHours, accumulate, gap_by_pool, resume
+from dedicap.decide.placement import PoolState
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 H100 = PoolState("h100", 80, (), 2.5)

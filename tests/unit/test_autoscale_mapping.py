@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
+from dedicap.api import conditions as c
 from dedicap.api.models import AutoscalingSpec
-from dedicap.controller import autoscale_status as st
-from dedicap.controller import conditions as c
+from dedicap.controller import autoscale as asc
 from dedicap.controller.peering import peering_allows
 from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
+from dedicap.controller.status import autoscaling as st
+from dedicap.decide.cluster import PodInfo, parse_pod
 from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState, decide
 from dedicap.metrics.snapshot import MetricsSnapshot
 
@@ -92,22 +94,24 @@ def test_latency_only_and_errors_only_slos() -> None:
 # ----------------------------------------------------------------------------- inputs
 
 
-def pod(phase: str, ready: bool, deleting: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": "p"}
+def pod(phase: str, ready: bool, deleting: bool = False) -> PodInfo:
+    meta: dict[str, Any] = {"name": "p", "labels": {"dedicap.dev/modeldeployment": "m"}}
     if deleting:
         meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
-    return {"metadata": meta, "status": {"phase": phase, "conditions": [
-        {"type": "Ready", "status": "True" if ready else "False"}]}}
+    parsed = parse_pod({"metadata": meta, "status": {"phase": phase, "conditions": [
+        {"type": "Ready", "status": "True" if ready else "False"}]}})
+    assert parsed is not None
+    return parsed
 
 
 def test_replica_counts() -> None:
     pods = [pod("Running", True), pod("Running", True), pod("Running", False),
             pod("Pending", False), pod("Running", True, deleting=True), pod("Failed", False)]
-    assert st.replica_counts(pods) == (2, 2)
+    assert asc.replica_counts(pods) == (2, 2)
 
 
 def test_window_from_a_fresh_snapshot() -> None:
-    w = st.observation_window(snap(failure_rates={"REJECTED": 2.0, "BACKEND": 1.0}),
+    w = asc.observation_window(snap(failure_rates={"REJECTED": 2.0, "BACKEND": 1.0}),
                               ready=3, starting=1, current=4)
     assert w.timestamp == NOW - 2 and w.request_rate == 100 and w.rejected_rate == 2
     assert w.backend_failure_rate == 1 and w.latency_quantile_ms == 120
@@ -117,7 +121,7 @@ def test_window_from_a_fresh_snapshot() -> None:
 
 def test_unavailable_snapshot_gives_no_timestamp_so_the_policy_holds() -> None:
     bad = snap(available=False, problem="StaleMetrics", reason="old")
-    w = st.observation_window(bad, ready=3, starting=0, current=3)
+    w = asc.observation_window(bad, ready=3, starting=0, current=3)
     assert w.timestamp is None and math.isnan(w.request_rate)
     cfg = policy_config(spec(minReplicas=1), AutoscalerDefaults())
     d = decide(cfg, w, PolicyState(), NOW)
@@ -142,14 +146,14 @@ def test_observed_status() -> None:
 
 def test_reason_codes() -> None:
     cfg = policy_config(spec(), AutoscalerDefaults())
-    w = st.observation_window(snap(latency_quantile_ms=500.0), ready=3, starting=0, current=3)
+    w = asc.observation_window(snap(latency_quantile_ms=500.0), ready=3, starting=0, current=3)
     assert st.reason_code(decision(4, "up"), w, cfg) == st.CODE_LATENCY
-    rej = st.observation_window(snap(failure_rates={"REJECTED": 5.0}), ready=3, starting=0,
+    rej = asc.observation_window(snap(failure_rates={"REJECTED": 5.0}), ready=3, starting=0,
                                 current=3)
     assert st.reason_code(decision(4, "up"), rej, cfg) == st.CODE_REJECTED
-    low = st.observation_window(snap(), ready=1, starting=0, current=1)
+    low = asc.observation_window(snap(), ready=1, starting=0, current=1)
     assert st.reason_code(decision(2, "up"), low, cfg) == st.CODE_BELOW_MIN
-    ok = st.observation_window(snap(), ready=3, starting=0, current=3)
+    ok = asc.observation_window(snap(), ready=3, starting=0, current=3)
     assert st.reason_code(decision(4, "up"), ok, cfg) == st.CODE_DEMAND_UP
     assert st.reason_code(decision(2, "down"), ok, cfg) == st.CODE_DEMAND_DOWN
     assert st.reason_code(decision(2, "down", "reservation limit"), ok, cfg) == \

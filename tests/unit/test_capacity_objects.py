@@ -26,19 +26,29 @@ def test_reserved_preempts_burst_and_burst_preempts_nobody() -> None:
     assert co.priority_class_for("burst") == "dedicap-burst"
 
 
-def test_tenants_get_read_only_verbs_on_capacity_objects() -> None:
-    objs = co.tenant_objects({"acme": (24, ["acme-h100"]), "beta": (8, ["beta"])},
-                             extra_groups=["acme-people"])
+def test_tenant_objects_are_a_quota_and_a_binding_of_the_view_role_per_namespace() -> None:
+    objs = co.tenant_objects({"acme": (24, ["acme-h100"]), "beta": (8, ["beta"])})
     kinds = [(o["kind"], o["metadata"].get("namespace")) for o in objs]
-    assert kinds == [("ResourceQuota", "acme"), ("Role", "acme"), ("RoleBinding", "acme"),
-                     ("ResourceQuota", "beta"), ("Role", "beta"), ("RoleBinding", "beta"),
-                     ("ClusterRole", None), ("ClusterRoleBinding", None)]
-    for o in objs:
-        for rule in o.get("rules", []):
-            assert set(rule["verbs"]) <= {"get", "list", "watch"}
-    binding = objs[-1]
-    assert binding["roleRef"]["name"] == "dedicap:tenant"
-    assert [s["name"] for s in binding["subjects"]] == [
-        "acme-people", "system:serviceaccounts:acme", "system:serviceaccounts:beta"]
-    cluster_role = objs[-2]
-    assert cluster_role["rules"][0]["resources"] == ["capacityreservations", "gpupools"]
+    assert kinds == [("ResourceQuota", "acme"), ("RoleBinding", "acme"),
+                     ("ResourceQuota", "beta"), ("RoleBinding", "beta")]
+    binding = objs[1]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": "dedicap-tenant-view"}
+    assert [s["name"] for s in binding["subjects"]] == ["system:serviceaccounts:acme"]
+
+
+def test_tenant_roles_aggregate_into_the_built_in_roles_and_never_touch_status() -> None:
+    roles = {r["metadata"]["name"]: r for r in co.tenant_cluster_roles()}
+    view, edit = roles["dedicap-tenant-view"], roles["dedicap-tenant-edit"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in view["metadata"]["labels"] if k.startswith(aggregate)} == {
+        f"{aggregate}{r}" for r in ("view", "edit", "admin")}
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == {
+        f"{aggregate}{r}" for r in ("edit", "admin")}
+    for rule in view["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            assert not {"capacityreservations", "gpupools", "modeldeployments/status"} & set(
+                rule["resources"])

@@ -8,10 +8,11 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from dedicap.api.models import GPUPoolSpec, ModelDeployment
-from dedicap.controller.status import compute
+from dedicap.controller.status.replicas import compute
+from dedicap.decide import placement as pl
 from dedicap.decide import reservations as rv
-from dedicap.decide.placement import NodeCapacity, PoolView, place_reserved
-from dedicap.decide.render import render
+from dedicap.decide.placement import Placement, PlacementRequest
+from dedicap.decide.render import RenderOptions, render
 from dedicap.metrics.exporter import OperatorMetrics, ReservationFigures
 
 SPEC = GPUPoolSpec.model_validate({
@@ -32,29 +33,37 @@ def _md(replicas: int, reservation: str | None = "acme-h100") -> ModelDeployment
         "name": "chat", "namespace": "acme", "uid": "u-1", "generation": 1}, "spec": spec})
 
 
-def _views() -> dict[str, PoolView]:
-    return {"h100": PoolView("h100", SPEC, tuple(NodeCapacity(f"h{i}", 8) for i in range(4))),
-            "a10g": PoolView("a10g", A10G, tuple(NodeCapacity(f"a{i}", 1) for i in range(2)))}
-
-
-def _states(full: int = 0) -> dict[str, rv.PoolState]:
+def _states(full: int = 0) -> dict[str, pl.PoolState]:
     """h100 with its first `full` nodes taken by pods a reserved replica may not preempt."""
-    return {"h100": rv.PoolState("h100", 80, tuple(
-                rv.NodeState(f"h{i}", "z", 8, *((8, 8) if i < full else (0, 0)))
+    return {"h100": pl.PoolState("h100", 80, tuple(
+                pl.NodeState(f"h{i}", "z", 8, *((8, 8) if i < full else (0, 0)))
                 for i in range(4))),
-            "a10g": rv.PoolState("a10g", 24, tuple(rv.NodeState(f"a{i}", "z", 1)
+            "a10g": pl.PoolState("a10g", 24, tuple(pl.NodeState(f"a{i}", "z", 1)
                                                     for i in range(2)))}
 
 
-ENT = rv.Entitlement("acme-h100", "h100", 16, 8, ("h100",), 16)
+def place_reserved(md: ModelDeployment, states: dict[str, pl.PoolState],
+                   ent: pl.Entitlement) -> Placement:
+    res = md.spec.resources
+    return pl.place(PlacementRequest(md.spec.desired_replicas(), res.gpus_per_replica,
+                                     res.gpu_memory_gib, tuple(md.spec.placement.pools)),
+                    states, ent)
+
+
+def plans(placement: Placement) -> list[tuple[str, int, str | None]]:
+    return [(d.pool, d.replicas, d.priority_class) for d in placement.deployments()]
+
+
+CAPACITY = RenderOptions(priority_classes=True)
+ENT = pl.Entitlement("acme-h100", "h100", 16, 8, ("h100",), 16)
 
 
 def test_reserved_and_burst_replicas_on_one_pool_are_two_deployments() -> None:
     md = _md(3)
-    placement = place_reserved(md.spec, 3, _views(), _states(), ENT)
-    assert [(a.pool, a.replicas, a.priority_class) for a in placement.assignments] == [
+    placement = place_reserved(md, _states(), ENT)
+    assert plans(placement) == [
         ("h100", 2, "dedicap-reserved"), ("h100", 1, "dedicap-burst")]
-    deployments = [o for o in render(md, placement, {"h100": SPEC, "a10g": A10G})
+    deployments = [o for o in render(md, placement, {"h100": SPEC, "a10g": A10G}, CAPACITY)
                    if o["kind"] == "Deployment"]
     assert [d["metadata"]["name"] for d in deployments] == ["chat-h100", "chat-h100-burst"]
     reserved, burst = deployments
@@ -77,27 +86,26 @@ def test_reserved_and_burst_replicas_on_one_pool_are_two_deployments() -> None:
 
 def test_without_a_reservation_every_replica_is_burst_under_the_plain_name() -> None:
     md = _md(2, reservation=None)
-    placement = place_reserved(md.spec, 2, _views(), _states(), rv.Entitlement())
-    assert [(a.pool, a.replicas, a.priority_class) for a in placement.assignments] == [
-        ("h100", 2, "dedicap-burst")]
-    names = [o["metadata"]["name"] for o in render(md, placement, {"h100": SPEC, "a10g": A10G})
-             if o["kind"] == "Deployment"]
+    placement = place_reserved(md, _states(), pl.Entitlement())
+    assert plans(placement) == [("h100", 2, "dedicap-burst")]
+    names = [o["metadata"]["name"] for o in render(md, placement, {"h100": SPEC, "a10g": A10G},
+                                                   CAPACITY) if o["kind"] == "Deployment"]
     assert names == ["chat-h100"]
 
 
 def test_capacity_constrained_carries_the_reason_and_the_numbers() -> None:
     md = _md(4)
-    placement = place_reserved(md.spec, 4, _views(), _states(full=4),
-                               rv.Entitlement("acme-h100", "h100", 8, 0, ("h100",), 8))
+    placement = place_reserved(md, _states(full=4),
+                               pl.Entitlement("acme-h100", "h100", 8, 0, ("h100",), 8))
     # The pool is full of protected pods: only reserved headroom could reclaim, and none is free.
-    assert placement.unplaced == 4 and placement.constraint_reason == rv.INSUFFICIENT_CAPACITY
+    assert placement.unplaced == 4 and placement.reason == pl.INSUFFICIENT_CAPACITY
     report = compute(md, placement, None, [], [], {"h100": SPEC, "a10g": A10G})
     cond = next(c for c in report.conditions if c.type == "CapacityConstrained")
-    assert cond.status == "True" and cond.reason == rv.INSUFFICIENT_CAPACITY
+    assert cond.status == "True" and cond.reason == pl.INSUFFICIENT_CAPACITY
     assert "wanted 4 replicas x 8 GPU = 32 GPUs, placed 0" in cond.message
     assert "a10g: no node has 8 allocatable GPUs" in cond.message
     # The reserved Deployment stays (at zero) rather than being deleted and re-created.
-    assert [(a.pool, a.replicas) for a in placement.assignments] == [("h100", 0)]
+    assert plans(placement) == [("h100", 0, "dedicap-reserved")]
 
 
 def test_capacity_metrics_replace_their_series() -> None:

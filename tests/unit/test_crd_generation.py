@@ -1,4 +1,5 @@
-"""The committed CRDs are exactly what the models generate, and they are structural."""
+"""The committed CRDs and chart templates are exactly what the code generates, and the CRDs are
+structural."""
 
 from __future__ import annotations
 
@@ -8,28 +9,53 @@ from typing import Any
 import pytest
 import yaml
 
+from dedicap import manifests
 from dedicap.api import crdgen
 from dedicap.api.structural import SchemaError, structural
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("directory", crdgen.DEFAULT_OUTPUTS)
-def test_committed_crds_match_a_fresh_generation(directory: str) -> None:
-    problems = crdgen.check(ROOT / directory)
-    assert not problems, "CRDs drifted from the models; run `dedicap crds`:\n" + "\n".join(problems)
+def test_committed_manifests_match_a_fresh_generation() -> None:
+    problems = manifests.check(ROOT)
+    assert not problems, "drifted from the code; run `dedicap crds`:\n" + "\n".join(problems)
 
 
 def test_check_reports_a_hand_edit(tmp_path: Path) -> None:
-    crdgen.write(tmp_path)
-    assert crdgen.check(tmp_path) == []
-    target = tmp_path / "dedicap.dev_modeldeployments.yaml"
+    manifests.write(tmp_path)
+    assert manifests.check(tmp_path) == []
+    target = tmp_path / "charts/dedicap/templates/crds/dedicap.dev_modeldeployments.yaml"
     target.write_text(target.read_text().replace("maxReplicas", "maxReplica", 1))
-    (tmp_path / "stray.yaml").write_text("{}\n")
-    problems = crdgen.check(tmp_path)
+    (tmp_path / "crds" / "stray.yaml").write_text("{}\n")
+    problems = manifests.check(tmp_path)
     assert any("dedicap.dev_modeldeployments.yaml" in p for p in problems)
     assert any("stray.yaml" in p for p in problems)
-    assert crdgen.main(["--check", "--out", str(tmp_path)]) == 1
+    assert manifests.main(["--check", "--root", str(tmp_path)]) == 1
+
+
+def test_chart_templates_keep_what_outlives_the_release() -> None:
+    """CRDs behind crds.enabled and kept while crds.keep; the PriorityClasses (tenants' pods
+    name them) and the tenant ClusterRoles (tenants reach their objects through them) always
+    kept. The generated text is the plain CRD's, with the chart's labels."""
+    rendered = manifests.rendered()
+    crd = rendered[manifests.CHART_CRDS_DIR / "dedicap.dev_modeldeployments.yaml"]
+    assert crd.splitlines()[1] == "{{- if .Values.crds.enabled }}"
+    assert "{{- if .Values.crds.keep }}\n    helm.sh/resource-policy: keep" in crd
+    assert 'include "dedicap.labels"' in crd
+    plain = yaml.safe_load(rendered[manifests.CRDS_DIR / "dedicap.dev_modeldeployments.yaml"])
+    body = crd.split("\nspec:\n", 1)[1].rsplit("{{- end }}", 1)[0]
+    assert yaml.safe_load("spec:\n" + body)["spec"] == plain["spec"]
+    for name in ("priorityclasses.yaml", "tenant-clusterroles.yaml"):
+        text = rendered[manifests.CHART / "templates" / name]
+        assert text.count("helm.sh/resource-policy: keep") == 2
+        assert "app.kubernetes.io/managed-by: dedicap" not in text  # Helm's label says it
+
+
+def test_helm_expressions_in_generated_text_are_refused() -> None:
+    with pytest.raises(ValueError, match="Helm"):
+        manifests.chart_template({"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": {"name": "x"}, "data": {"a": "{{ .Values }}"}},
+                                 keep=None)
 
 
 def _schema(kind: str) -> dict[str, Any]:
@@ -121,7 +147,7 @@ def test_structural_rejects_what_kubernetes_cannot_express() -> None:
 
 
 def test_stdout_mode_prints_every_crd(capsys: pytest.CaptureFixture[str]) -> None:
-    assert crdgen.main(["--stdout"]) == 0
+    assert manifests.main(["--stdout"]) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert sorted(d["metadata"]["name"] for d in docs) == sorted(
         c["metadata"]["name"] for c in crdgen.all_crds())

@@ -1,19 +1,13 @@
 """What placement and the GPUPool status are computed from: nodes and GPU pods, parsed from
-the API's own objects (observe.py, pure parts)."""
+the API's own objects by the one parser per kind (decide/cluster.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from dedicap.api.models import GPUPool
-from dedicap.controller.observe import (
-    ClusterState,
-    parse_node,
-    parse_pod,
-    pod_gpus,
-    pool_status,
-    pool_views,
-)
+from dedicap.controller.status.capacity import pool_status
+from dedicap.decide.cluster import ClusterState, parse_node, parse_pod, pod_gpus
 
 
 def node(name: str, gpus: int, pool: str = "h100", ready: bool = True,
@@ -40,8 +34,8 @@ POOL = GPUPool.model_validate({"metadata": {"name": "h100", "generation": 3}, "s
 
 
 def state(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> ClusterState:
-    parsed = tuple(p for p in (parse_pod(x) for x in pods) if p is not None)
-    return ClusterState({"h100": POOL}, {}, tuple(parse_node(n) for n in nodes), parsed)
+    parsed = tuple(p for p in (parse_pod(x) for x in pods) if p is not None and p.holds_gpus)
+    return ClusterState({"h100": POOL}, tuple(parse_node(n) for n in nodes), parsed)
 
 
 def test_pod_gpus_counts_requests_limits_and_init_containers() -> None:
@@ -52,29 +46,39 @@ def test_pod_gpus_counts_requests_limits_and_init_containers() -> None:
     assert pod_gpus({"containers": [{"resources": {}}]}) == 0
 
 
-def test_only_bound_live_gpu_pods_hold_gpus() -> None:
-    assert parse_pod(pod("a", None, 1)) is None  # pending
-    assert parse_pod(pod("b", "n", 1, phase="Succeeded")) is None
-    assert parse_pod(pod("c", "n", 0)) is None
+def holds(raw: dict[str, Any]) -> bool:
+    p = parse_pod(raw)
+    return p is not None and p.holds_gpus
+
+
+def test_only_scheduled_live_gpu_pods_hold_gpus() -> None:
+    assert not holds(pod("a", None, 1))  # pending, no node
+    assert not holds(pod("b", "n", 1, phase="Succeeded"))
+    assert not holds(pod("c", "n", 0))
     parsed = parse_pod(pod("d", "n", 2, md="chat"))
-    assert parsed is not None and parsed.gpus == 2 and parsed.modeldeployment == "chat"
+    assert parsed is not None and parsed.holds_gpus
+    assert parsed.gpus == 2 and parsed.modeldeployment == "chat"
+    # A replica without GPUs is kept (its readiness matters), and holds none.
+    replica = parse_pod(pod("e", "n", 0, md="chat"))
+    assert replica is not None and not replica.holds_gpus
 
 
 def test_pool_status_counts_nodes_allocated_and_free() -> None:
     s = state([node("a", 8), node("b", 8), node("c", 8, ready=False), node("x", 1, pool="a10g")],
               [pod("p1", "a", 3), pod("p2", "b", 8), pod("p3", "c", 2), pod("p4", "x", 1)])
-    status = pool_status(POOL, s, reserved_gpus=4)
-    assert (status.nodes, status.ready_nodes) == (3, 2)
-    assert (status.total_gpus, status.allocatable_gpus) == (24, 16)
-    assert status.allocated_gpus == 13  # pods on the not-ready node still hold their GPUs
-    assert status.free_gpus == 5  # only Ready nodes offer room
-    assert status.reserved_gpus == 4 and status.observed_generation == 3
+    status, ready = pool_status(POOL, s.pool_figures("h100"), reserved_gpus=4)
+    assert (status["nodes"], status["readyNodes"]) == (3, 2)
+    assert (status["totalGPUs"], status["allocatableGPUs"]) == (24, 16)
+    assert status["allocatedGPUs"] == 13  # pods on the not-ready node still hold their GPUs
+    assert status["freeGPUs"] == 5  # only Ready nodes offer room
+    assert status["reservedGPUs"] == 4 and status["observedGeneration"] == 3
+    assert ready.status == "True" and "2/3 nodes Ready with 16 allocatable GPUs" in ready.message
 
 
 def test_a_modeldeployments_own_pods_do_not_count_against_it() -> None:
     s = state([node("a", 8)], [pod("mine", "a", 4, md="chat"), pod("other", "a", 2, md="x"),
                                pod("elsewhere", "a", 1, md="chat", ns="other-ns")])
-    view = pool_views(s, "t", "chat")["h100"]
-    assert view.free_gpus == 5  # 8 - 2 (other md) - 1 (same name, other namespace)
+    view = s.pool_states("t/chat")["h100"]
+    assert view.free == 5  # 8 - 2 (other md) - 1 (same name, other namespace)
     cordoned = state([node("a", 8, unschedulable=True)], [])
-    assert pool_views(cordoned, "t", "chat")["h100"].free_gpus == 0
+    assert cordoned.pool_states("t/chat")["h100"].free == 0

@@ -274,3 +274,25 @@ def test_invalid_settings_are_refused() -> None:
         PrometheusClient("http://127.0.0.1:1", retries=-1)
     with pytest.raises(ValueError):
         PrometheusClient("http://127.0.0.1:1", timeout_s=0)
+
+
+def test_range_query_in_pieces_joined_per_series(server: tuple[str, Script]) -> None:
+    url, script = server
+    piece = [{"metric": {"pod": "a"}, "values": [[1000.0, "1"], [1060.0, "NaN"]]}]
+    script.replies = [ok("matrix", piece), ok("matrix", piece)]
+    with client(url) as c:
+        # 12,000 steps: more than one query may ask for, so it goes in two pieces
+        series = c.query_range("sum(rate(x[1m]))", 0.0, 60.0 * 11_999, 60.0)
+    assert [s.labels for s in series] == [{"pod": "a"}]
+    assert len(series[0].points) == 4 and math.isnan(series[0].points[1][1])
+    assert [(m, p) for m, p, _ in script.requests] == [("POST", "/api/v1/query_range")] * 2
+    first, second = (r[2] for r in script.requests)
+    assert first["step"] == ["60"] and float(first["end"][0]) == 60.0 * 9_999
+    assert float(second["start"][0]) == 60.0 * 10_000
+    assert float(second["end"][0]) == 60.0 * 11_999
+    script.replies = [ok("vector", [])]
+    with client(url) as c:
+        with pytest.raises(QueryError, match="expected a matrix"):
+            c.query_range("x", 0.0, 60.0, 60.0)
+        with pytest.raises(ValueError):
+            c.query_range("x", 10.0, 0.0, 60.0)

@@ -222,12 +222,18 @@ EXPECTED: dict[Signal, list[tuple[dict[str, str], float]]] = {
 }
 
 
-def expr_test(expr: str, samples: list[tuple[dict[str, str], float]]) -> dict[str, object]:
+# Every answer keeps the ModelDeployment's labels (so one query can serve many).
+BOT = {"namespace": "acme", "modeldeployment": "bot"}
+
+
+def expr_test(expr: str, samples: list[tuple[dict[str, str], float]],
+              md: dict[str, str] | None = None) -> dict[str, object]:
+    md = BOT if md is None else md
     return {
         "expr": expr,
         "eval_time": f"{EVAL_AT_S}s",
-        "exp_samples": [{"labels": "{" + ",".join(f'{k}="{v}"' for k, v in lb.items()) + "}",
-                         "value": value} for lb, value in samples],
+        "exp_samples": [{"labels": "{" + ",".join(f'{k}="{v}"' for k, v in {**md, **lb}.items())
+                                   + "}", "value": value} for lb, value in samples],
     }
 
 
@@ -258,6 +264,19 @@ def test_combined_query_returns_every_signal_tagged(tmp_path: Path) -> None:
                for signal, expected in EXPECTED.items() for lb, value in expected]
     result = run_promtool_tests(
         tmp_path, [expr_test(promql.combined(TARGET, WINDOW_S, 95), samples)], INPUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_a_selection_answers_for_each_modeldeployment_apart(tmp_path: Path) -> None:
+    both = promql.Selection((("acme", "bot"), ("acme", "other")))
+    rate = promql.request_rate(both, WINDOW_S)
+    # bot: 3.75 (above); other: 100 successes + 9 REJECTED + 9 BACKEND per second. The same
+    # name in another namespace (evil/bot) is not selected.
+    tests = [{"expr": rate, "eval_time": f"{EVAL_AT_S}s", "exp_samples": [
+        {"labels": '{namespace="acme",modeldeployment="bot"}', "value": 3.75},
+        {"labels": '{namespace="acme",modeldeployment="other"}', "value": 118.0}]}]
+    result = run_promtool_tests(tmp_path, tests, INPUT)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -42,8 +42,8 @@ def _md(**spec: Any) -> ModelDeployment:
 
 
 def _placement(*assignments: tuple[str, int], gpus: int = 2) -> Placement:
-    return Placement(sum(r for _, r in assignments),
-                     tuple(PoolAssignment(p, r, gpus) for p, r in assignments))
+    return Placement(sum(r for _, r in assignments), gpus,
+                     tuple(PoolAssignment(p, 0, r) for p, r in assignments), ())
 
 
 def _by_kind(children: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -161,8 +161,10 @@ def test_render_is_deterministic_and_pure(replicas: dict[str, int], gpus: int, i
     assert json.dumps(first) == json.dumps(second)  # same content and the same key order
     assert md == before
     deployments = [c for c in first if c["kind"] == "Deployment"]
+    # A Deployment per pool with replicas; with none placed, one empty one on the first pool.
+    pools = [p for p, n in replicas.items() if n] or list(replicas)[:1]
     assert [d["metadata"]["name"] for d in deployments] == [
-        deployment_name("chat", p) for p in replicas]
+        deployment_name("chat", p) for p in pools]
     names = [(c["kind"], c["metadata"]["name"]) for c in first]
     assert len(names) == len(set(names))
     for d in deployments:

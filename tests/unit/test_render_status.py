@@ -5,10 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dedicap.api import conditions as c
 from dedicap.api.models import GPUPoolSpec, ModelDeployment
-from dedicap.controller import conditions as c
-from dedicap.controller.status import Problem, compute, no_eligible_pool
-from dedicap.decide.placement import NodeCapacity, Placement, PoolAssignment, PoolView, place
+from dedicap.controller.status.replicas import Problem, compute, no_eligible_pool
+from dedicap.decide.cluster import PodInfo, parse_pod
+from dedicap.decide.placement import (
+    NodeState,
+    Placement,
+    PlacementRequest,
+    PoolAssignment,
+    PoolState,
+    place,
+)
 
 MD = ModelDeployment.model_validate({
     "metadata": {"name": "chat", "namespace": "t", "uid": "u", "generation": 4},
@@ -40,11 +48,25 @@ def by_type(report: Any) -> dict[str, c.Cond]:
     return {cond.type: cond for cond in report.conditions}
 
 
+def _place(wanted: int, pools: dict[str, PoolState]) -> Placement:
+    res = MD.spec.resources
+    return place(PlacementRequest(wanted, res.gpus_per_replica, res.gpu_memory_gib,
+                                  tuple(MD.spec.placement.pools)), pools)
+
+
 def placed(*assignments: tuple[str, int], wanted: int = 3) -> Placement:
-    views = {p: PoolView(p, POOLS[p], (NodeCapacity("n", 8),)) for p in POOLS}
-    base = place(MD.spec, wanted, views)
-    return Placement(wanted, tuple(PoolAssignment(p, r, 1) for p, r in assignments),
-                     base.verdicts)
+    views = {p: PoolState(p, POOLS[p].gpu.memory_gib, (NodeState("n", "zone-a", 8),))
+             for p in POOLS}
+    base = _place(wanted, views)
+    return Placement(wanted, 1, tuple(PoolAssignment(p, 0, r) for p, r in assignments),
+                     base.pools)
+
+
+def pods(*raw: dict[str, Any]) -> list[PodInfo]:
+    parsed = [parse_pod({"metadata": {**r["metadata"], "namespace": "t",
+                                      "labels": {"dedicap.dev/modeldeployment": "chat"}},
+                         **{k: v for k, v in r.items() if k != "metadata"}}) for r in raw]
+    return [p for p in parsed if p is not None]
 
 
 def test_all_ready() -> None:
@@ -87,7 +109,7 @@ def test_capacity_and_failures_are_explained() -> None:
     crashing = {"metadata": {"name": "q"}, "status": {"containerStatuses": [{
         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]}}
     report = compute(MD, placed(("h100", 3)), None, [deployment("h100", 3, 3, 1, deadline=True)],
-                     [pending, crashing], POOLS)
+                     pods(pending, crashing), POOLS)
     conds = by_type(report)
     assert conds["CapacityConstrained"].reason == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in conds["CapacityConstrained"].message
@@ -96,8 +118,7 @@ def test_capacity_and_failures_are_explained() -> None:
 
 
 def test_a_problem_says_what_to_change() -> None:
-    views: dict[str, PoolView] = {}
-    placement = place(MD.spec, 3, views)
+    placement = _place(3, {})
     problem = no_eligible_pool(placement)
     assert problem.reason == "UnknownPool" and "spec.placement.pools" in problem.message
     conds = by_type(compute(MD, placement, problem, [], [], POOLS))

@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dedicap.api.models import CapacityReservation
+from dedicap.api.models import CapacityReservation, GPUPool
+from dedicap.decide import placement as pl
 from dedicap.decide import reservations as rv
-from dedicap.decide.reservations import (
+from dedicap.decide.accounting import accumulate, hourly_cost
+from dedicap.decide.cluster import ClusterState, NodeInfo, PodInfo
+from dedicap.decide.placement import (
     Entitlement,
-    GPUPod,
     NodeState,
     PlacementRequest,
     PoolState,
+    place,
+)
+from dedicap.decide.reservations import (
     ReservationView,
-    accumulate,
     admit,
     entitlement,
-    hourly_cost,
     namespace_quotas,
-    node_states,
-    place,
     reservation_usage,
 )
+
+
+def GPUPod(namespace: str, name: str, node: str, gpus: int, priority: int = 0,
+           owner: str = "", reservation: str = "", capacity: str = "",
+           bound: bool = True) -> PodInfo:
+    """A pod holding GPUs, as the one pod parser describes it."""
+    return PodInfo(namespace, name, node, gpus, bound, priority,
+                   owner.split("/", 1)[1] if owner else "", reservation, capacity)
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -132,13 +141,17 @@ def test_quota_is_reservations_plus_burst_in_effect_per_namespace() -> None:
 # ----------------------------------------------------------------------------- state and usage
 
 
-def test_node_states_leave_out_own_pods_and_split_protected() -> None:
+def test_pool_states_leave_out_own_pods_and_split_protected() -> None:
     pods = [GPUPod("acme", "p1", "n0", 2, rv_priority(True), "acme/chat", "r", rv.RESERVED),
             GPUPod("beta", "p2", "n0", 3, rv_priority(False), "beta/x", "b", rv.BURST),
             GPUPod("ops", "p3", "n1", 1, 0)]
-    nodes = node_states([("n1", "zone-b", 8), ("n0", "zone-a", 8)], pods,
-                        exclude_owner="acme/chat", protected_priority=1_000_000)
-    assert [n.name for n in nodes] == ["n0", "n1"]
+    pool = GPUPool.model_validate({"metadata": {"name": "h100"}, "spec": {
+        "nodeSelector": {"p": "h100"}, "gpu": {"product": "H100", "memoryGiB": 80}}})
+    state = ClusterState({"h100": pool}, tuple(
+        NodeInfo(name, {"p": "h100", "topology.kubernetes.io/zone": zone}, 8, 8, True, False)
+        for name, zone in (("n1", "zone-b"), ("n0", "zone-a"))), tuple(pods))
+    nodes = state.pool_states("acme/chat", protected_priority=1_000_000)["h100"].nodes
+    assert [(n.name, n.zone) for n in nodes] == [("n0", "zone-a"), ("n1", "zone-b")]
     assert (nodes[0].used, nodes[0].used_protected, nodes[0].free, nodes[0].reclaimable) == (
         3, 0, 5, 8)
     assert nodes[1].free == 7 and nodes[1].reclaimable == 8
@@ -189,7 +202,7 @@ def test_reserved_headroom_first_then_burst_then_next_pool() -> None:
     pools = {"h100": _pool("h100", [(8, 2), (8, 8)]), "a10g": A10G}  # 6 free on h100
     p = place(_req(9), pools, ent)
     assert (p.on("h100").reserved, p.on("h100").burst, p.on("a10g").replicas) == (4, 2, 1)
-    assert p.placed == 7 and p.reason == rv.BURST_LIMIT
+    assert p.placed == 7 and p.reason == pl.BURST_LIMIT
     assert "wanted 9 replicas" in p.message and "burst" in p.message
 
     ent = Entitlement("acme-h100", "h100", 4, 10, ("h100", "a10g"), 16)
@@ -205,7 +218,7 @@ def test_reserved_replicas_reclaim_burst_gpus_but_burst_does_not() -> None:
     ent = Entitlement("acme-h100", "h100", 16, 8, ("h100",), 16)
     p = place(_req(20, ("h100",)), {"h100": full_of_burst}, ent)
     assert (p.on("h100").reserved, p.on("h100").burst) == (16, 0)
-    assert p.reason == rv.INSUFFICIENT_CAPACITY
+    assert p.reason == pl.INSUFFICIENT_CAPACITY
     assert "free 0/32 GPUs" in p.message and "reserved headroom 16" in p.message
     # The same pool seen by a tenant without a reservation: nothing.
     p = place(_req(2, ("h100",)), {"h100": full_of_burst})
@@ -223,13 +236,13 @@ def test_reserved_replicas_prefer_free_gpus_to_preempting() -> None:
 def test_gpu_memory_and_node_size_and_unknown_pools_are_explained() -> None:
     pools = {"h100": _pool("h100", [(8, 8)] * 4), "a10g": A10G}
     p = place(_req(3, ("h100", "a10g", "tpu"), mem=40), pools)
-    assert p.placed == 0 and p.reason == rv.INSUFFICIENT_CAPACITY
+    assert p.placed == 0 and p.reason == pl.INSUFFICIENT_CAPACITY
     reasons = {r.pool: r.reason for r in p.pools}
-    assert reasons == {"h100": "", "a10g": "InsufficientGPUMemory", "tpu": "UnknownPool"}
+    assert reasons == {"h100": "Eligible", "a10g": "InsufficientGPUMemory", "tpu": "UnknownPool"}
     assert "a10g: GPU memory 24 GiB < 40 GiB needed" in p.message
-    assert "tpu: no such GPUPool" in p.message
+    assert "tpu: no GPUPool named 'tpu'" in p.message
     p = place(_req(1, ("a10g",), gpr=2), pools)
-    assert p.reason == rv.NO_ELIGIBLE_POOL and "no node has 2 allocatable GPUs" in p.message
+    assert p.reason == pl.NO_ELIGIBLE_POOL and "no node has 2 allocatable GPUs" in p.message
 
 
 def test_fallback_to_a10g_when_h100_is_exhausted() -> None:
@@ -246,7 +259,7 @@ def test_multi_gpu_replicas_fit_whole_nodes_only() -> None:
 
 def test_replicas_spread_over_zones() -> None:
     ent = Entitlement("r", "h100", 4, 0, ("h100",), 4)
-    nodes = rv._Nodes(H100.nodes)
+    nodes = pl._Nodes(H100.nodes)
     for _ in range(4):
         assert nodes.take(1, reclaim=True)
     assert nodes.mine_zone == {"zone-a": 2, "zone-b": 2} and len(nodes.mine) == 4

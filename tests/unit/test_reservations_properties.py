@@ -7,16 +7,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dedicap.decide.reservations import (
-    Entitlement,
-    NodeState,
-    PlacementRequest,
-    PoolState,
-    ReservationView,
-    admit,
-    namespace_quotas,
-    place,
-)
+from dedicap.decide.placement import Entitlement, NodeState, PlacementRequest, PoolState, place
+from dedicap.decide.reservations import ReservationView, admit, namespace_quotas
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)
 POOLS = ("h100", "a10g", "l4")

@@ -49,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_down.add_argument("--purge", action="store_true", help="also delete its state (etcd, certs)")
     sub.add_parser("status", help="which components run")
     sub.add_parser("show", help="show the simulated GPU nodes and pools")
+    p_load = sub.add_parser("load-image", help="make an OCI archive's image runnable by the "
+                            "process nodes (as a container runtime would pull it)")
+    p_load.add_argument("archive", help="an OCI archive, e.g. dist/dedicap_0.1.0.oci.tar")
+    p_load.add_argument("--name", help="the image reference pods use (default: the chart's "
+                        "repository with the archive's tag)")
     p_demo = sub.add_parser("demo", help="up, then run dedicap on the stack and show what it does")
     p_demo.add_argument("--no-load", action="store_true", help="deploy and show, without load")
     args = parser.parse_args(argv)
@@ -73,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if all(states.values()) else 1
     elif args.cmd == "show":
         show(stack)
+    elif args.cmd == "load-image":
+        from pathlib import Path
+
+        from dedicap_local import images
+
+        image = images.load(stack.run_dir, Path(args.archive), args.name)
+        print(f"{image.reference}: {image.digest} ({image.rootfs})")
     elif args.cmd == "demo":
         from dedicap_local import demo
 

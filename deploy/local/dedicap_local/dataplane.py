@@ -449,13 +449,26 @@ def shutdown(run_dir: Path) -> None:
 
 
 def run(kubeconfig: Path, run_dir: Path, stop_event: threading.Event | None = None, *,
-        resync_s: float = 10.0, tick_s: float = 1.0) -> None:
+        resync_s: float = 10.0, tick_s: float = 1.0, process_nodes: int = 2) -> None:
     """Watch model pods and reconcile until `stop_event` is set. Processes are left running on
-    exit (a restart adopts them); `shutdown(run_dir)` stops them."""
+    exit (a restart adopts them); `shutdown(run_dir)` stops them. With `process_nodes`, also
+    run that many process nodes (kubelet.py), whose pods stop with the data plane."""
+    from urllib.parse import urlsplit
+
     from kubernetes import client, config, watch  # the official client; imported when run
+
+    from dedicap_local import kubelet
+    from dedicap_local.stack import POD_CIDR
 
     stop_event = stop_event or threading.Event()
     api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    if process_nodes:
+        server = urlsplit(api_client.configuration.host)
+        threading.Thread(target=kubelet.run, name="process-nodes", daemon=True, kwargs={
+            "api_client": config.new_client_from_config(config_file=str(kubeconfig)),
+            "run_dir": run_dir, "stop_event": stop_event, "api_host": server.hostname,
+            "api_port": server.port or 443, "pod_cidr": POD_CIDR,
+            "nodes": process_nodes}).start()
     core = client.CoreV1Api(api_client)
     events: queue.Queue[None] = queue.Queue()
     plane = DataPlane(run_dir, notify=lambda: events.put(None))
@@ -534,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus-port", type=int, default=None,
                         help="unused: targets go to the run dir's discovery files")
     parser.add_argument("--resync", type=float, default=10.0, help="full relist period (s)")
+    parser.add_argument("--process-nodes", type=int, default=2,
+                        help="nodes whose pods run as processes from their images (0: none)")
     parser.add_argument("--stop-on-exit", action="store_true",
                         help="stop every tritonserver when exiting (default: leave for adoption)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -543,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_event = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop_event.set())
-    run(args.kubeconfig, args.run_dir, stop_event, resync_s=args.resync)
+    run(args.kubeconfig, args.run_dir, stop_event, resync_s=args.resync,
+        process_nodes=args.process_nodes)
     if args.stop_on_exit:
         shutdown(args.run_dir)
     return 0

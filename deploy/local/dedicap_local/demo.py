@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dedicap_local import dataplane, loadgen, monitoring, procs
+from dedicap_local import chart, dataplane, loadgen, monitoring, procs
 from dedicap_local import stack as stk
 
 REPO = stk.LOCAL_DIR.parent.parent
@@ -98,8 +98,10 @@ def watch(stack: stk.Stack, seconds: float, until: Any = None) -> None:
 
 
 def run(stack: stk.Stack, *, with_load: bool = True) -> None:
-    stk.log("installing the CRDs and the example pools, reservations and ModelDeployment")
+    stk.log("installing the CRDs, the chart's cluster objects and the example pools, "
+            "reservations and ModelDeployment")
     _apply(stack, REPO / "crds")
+    chart.install_cluster_objects(stack)
     stack.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     for ns in (NAMESPACE, "acme-frontend"):
         stack.kubectl("create", "namespace", ns, check=False)

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from dedicap_local import certs, procs
+from dedicap_local import certs, chart, procs
 from dedicap_local import stack as stk
 
 LOG = logging.getLogger("dedicap.monitoring")
@@ -78,7 +78,6 @@ PROCESSES = ("monitoring-sync", "prometheus-monitoring", "alertmanager", "promet
 # The chart's release whose monitoring objects are installed (`install_chart_monitoring`).
 RELEASE, RELEASE_NAMESPACE = "dedicap", "dedicap-system"
 OPERATOR_METRICS_PORT = 9464
-CHART = stk.LOCAL_DIR.parent.parent / "charts" / "dedicap"
 CHART_MONITORING = ("templates/metrics-service.yaml", "templates/servicemonitor.yaml",
                     "templates/prometheusrule.yaml")
 
@@ -242,26 +241,15 @@ def chart_monitoring_objects(stack: stk.Stack, groups: list[dict[str, Any]] | No
     """The chart's metrics Service, ServiceMonitor and PrometheusRule (`helm template`, as
     `helm install` would create them). `groups` replaces the rule groups (a live test's
     compressed windows); the object is otherwise the chart's."""
-    rendered = _run([stack.binary("helm"), "template", RELEASE, str(CHART),
-                     "--namespace", RELEASE_NAMESPACE, "--kube-version", "1.35.0",
-                     "--set", "monitoring.serviceMonitor.enabled=true",
-                     "--set", f"monitoring.serviceMonitor.interval={scrape_interval}",
-                     "--set", "monitoring.prometheusRule.enabled=true",
-                     *(a for t in CHART_MONITORING for a in ("--show-only", t))])
+    rendered = chart.template(stack, RELEASE, RELEASE_NAMESPACE, show_only=CHART_MONITORING,
+                              values=["monitoring.serviceMonitor.enabled=true",
+                                      f"monitoring.serviceMonitor.interval={scrape_interval}",
+                                      "monitoring.prometheusRule.enabled=true"]).stdout
     objects = [o for o in yaml.safe_load_all(rendered) if o]
     for obj in objects:
         if obj["kind"] == "PrometheusRule" and groups is not None:
             obj["spec"] = {"groups": groups}
     return objects
-
-
-def _run(argv: list[str]) -> str:
-    import subprocess
-
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed: {done.stderr.strip()}")
-    return done.stdout
 
 
 def install_chart_monitoring(stack: stk.Stack, groups: list[dict[str, Any]] | None = None

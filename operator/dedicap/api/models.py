@@ -481,6 +481,20 @@ class CostStatus(_Model):
         "operator charges the time since accountedAt at `gpus`."))
 
 
+class AutoscalerMemory(_Model):
+    """What the autoscaler learned and must not forget: the policy's state, saved so that a
+    restarted operator, or the one taking over, continues from it. Only the operator writes it
+    (through the status subresource, which tenants cannot write); it is checked when read, and
+    an unreadable one is replaced by a fresh start with a Warning Event."""
+
+    state: str = Field("", max_length=65536, description=(
+        "The policy's state as JSON (learned capacity per replica, latency gain, error budget, "
+        "burst memory, recent decisions), in the format `version`."))
+    version: int = Field(1, ge=1, le=1000, description="Format of `state`.")
+    saved_at: datetime | None = Field(None, alias="savedAt", description=(
+        "When `state` was saved."))
+
+
 class ModelDeploymentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -504,6 +518,7 @@ class ModelDeploymentStatus(_Model):
     observed: ObservedMetrics | None = None
     last_scale: ScaleDecision | None = Field(None, alias="lastScale")
     cost: CostStatus | None = None
+    autoscaler: AutoscalerMemory | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=_CONDITIONS_EXTRA,
                                        description=_CONDITIONS)
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dedicap.decide.reservations import (
+from dedicap.decide.accounting import (
     GPUHours,
-    PoolState,
+    Priced,
     accumulate,
     gap_by_pool,
     hourly_cost,
@@ -110,7 +110,7 @@ class Accountant:
         self._pools: dict[tuple[str, str], dict[str, GPUHours]] = {}
 
     def observe(self, namespace: str, name: str, gpus_by_pool: Mapping[str, int],
-                pools: Mapping[str, PoolState], now: datetime,
+                pools: Mapping[str, Priced], now: datetime,
                 previous_cost: Mapping[str, Any] | None = None,
                 previous_by_pool: Mapping[str, int] | None = None) -> CostReport:
         """Advance the integrals to `now` and record the GPUs held from now on.

@@ -2,25 +2,30 @@
 `spec.autoscaling`, read Triton's signals from Prometheus, run the policy
 (`dedicap.decide.policy.decide`, unchanged) and act on its answer.
 
-One evaluation of one ModelDeployment:
+One round (the loop ticks every second and takes the ModelDeployments that are due):
 
-1. observe: ``metrics.observe`` (one PromQL query) -> MetricsSnapshot; the ModelDeployment's
-   pods -> ready and starting replicas; the reservation and pools -> the most replicas that can
-   be placed now (`replica_limit`, so the policy never asks for pods that would sit Pending);
-2. decide: the policy, with its state read back from the ``dedicap.dev/autoscaler-state``
-   annotation (so a restarted or newly elected operator continues where the last one stopped);
-3. act: a changed count is written to ``spec.replicas`` through the scale subresource, as the HPA
-   does, guarded by a JSON-patch ``test`` of the count the decision started from (a concurrent
-   ``kubectl scale`` wins; the next evaluation starts from it);
-4. report: ``status.observed``, ``status.lastScale``, the conditions MetricsAvailable and SLOMet
-   (and Degraded / CapacityConstrained, see autoscale_status.py), an Event per scale and per
-   condition change, and the operator's own metrics.
+1. observe: every due ModelDeployment's signals in one PromQL query per (window, percentile)
+   (`metrics.observe_many`), its pods from the view -> ready and starting replicas, the
+   reservation and pools -> the most replicas that can be placed now (`replica_limit`, so the
+   policy never asks for pods that would sit Pending);
+2. decide: the policy, with its state read back from `status.autoscaler` (so a restarted or
+   newly elected operator continues where the last one stopped);
+3. act: a changed count is written to `spec.replicas` through the scale subresource, as the
+   HPA does, guarded by a JSON-patch `test` of the count the decision started from (a
+   concurrent `kubectl scale` wins; the next evaluation starts from it);
+4. report: `status.observed`, `status.lastScale`, `status.autoscaler`, the conditions
+   MetricsAvailable and SLOMet (and Degraded / CapacityConstrained, see status/autoscaling.py),
+   an Event per scale and per condition change, and the operator's own metrics. The status is
+   written only when something in it changed (figures, conditions, a scale, the policy's
+   learned state), so a quiet fleet costs no API write.
 
-Where it runs: one thread of the operator process, not kopf timers or daemons (those put a
-finalizer on every ModelDeployment, and deleting one would then need a running operator). It
-lists ModelDeployments itself, so it needs no kopf event, and it honours peering through
-`peering.PeeringGate` (the peering object read each round, kopf's rule applied): of several
-operators only the one kopf lets act evaluates.
+Isolation: each ModelDeployment is evaluated on its own. Whatever goes wrong in one (a bug, an
+unreadable state, a refused write) is reported on that ModelDeployment's condition and Events
+and costs the others nothing.
+
+The policy's state lives in `status.autoscaler.state`, which only the operator can write (the
+status subresource), never in an annotation a tenant could edit. It is checked when read; an
+unreadable one is replaced by a fresh start, with a Warning Event.
 """
 
 from __future__ import annotations
@@ -31,25 +36,27 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from dedicap.api import conditions as c
 from dedicap.api.models import ModelDeployment
-from dedicap.controller import autoscale_status as st
-from dedicap.controller import capacity, events
-from dedicap.controller import conditions as c
-from dedicap.controller.handlers import serves
+from dedicap.controller import status
+from dedicap.controller.events import EventRecorder
 from dedicap.controller.kube import Kube, KubeError
 from dedicap.controller.loop import BackgroundLoop
 from dedicap.controller.peering import PeeringGate
 from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
 from dedicap.controller.reconcile import Reconciler
-from dedicap.decide.policy import Decision, PolicyConfig, PolicyState, decide
-from dedicap.decide.render import MANAGER, selector_string
+from dedicap.controller.status import autoscaling as st
+from dedicap.controller.view import ClusterView
+from dedicap.decide.cluster import PodInfo
+from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState, decide
+from dedicap.decide.render import MANAGER
 from dedicap.metrics.exporter import OperatorMetrics, serve
 from dedicap.metrics.prometheus import PrometheusClient, resolve_url
 from dedicap.metrics.snapshot import (
@@ -57,21 +64,25 @@ from dedicap.metrics.snapshot import (
     PROBLEM_UNAVAILABLE,
     MetricsSnapshot,
     QueryClient,
-    observe,
+    observe_many,
 )
 
 log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+# The learned state is saved when it changed in substance, and at least this often while
+# metrics flow (a newly elected operator continues from at most this old a state).
+STATE_REFRESH_S = 600.0
+# State fields that move at every evaluation by construction (clocks, recent samples): a change
+# there alone is no reason to write.
+_VOLATILE = ("history", "recommendations", "recent", "last_eval", "verdict_t", "last_queue",
+             "last_queue_t")
 
 
 @dataclass(frozen=True)
 class AutoscalerSettings:
     defaults: AutoscalerDefaults = field(default_factory=AutoscalerDefaults)
-    namespaces: tuple[str, ...] = ()  # glob patterns; empty: all
-    peering: str | None = None  # the ClusterKopfPeering's name; None: standalone
-    priority: int = 0
-    instance: str = ""
     tick_s: float = 1.0  # how often due evaluations are looked for
-    list_interval_s: float = 5.0  # how often the ModelDeployments are listed
 
 
 @dataclass
@@ -80,123 +91,228 @@ class Outcome:
 
     namespace: str
     name: str
-    snapshot: MetricsSnapshot
-    decision: Decision
+    snapshot: MetricsSnapshot | None
+    decision: Decision | None
     code: str
     scaled: bool
     replica_limit: int | None
+    error: str = ""
 
 
-@dataclass
-class _Tick:
-    """What one round of evaluations shares: one capacity read, one Prometheus outage."""
+# ----------------------------------------------------------------------------- pure inputs
 
-    capacity: tuple[capacity.Snapshot, capacity.CapacityPlan] | None = None
-    capacity_failed: bool = False
-    outage: MetricsSnapshot | None = None
+
+def replica_counts(pods: Iterable[PodInfo]) -> tuple[int, int]:
+    """(ready, starting) replicas among a ModelDeployment's pods. Terminating and finished pods
+    count as neither; any other pod that is not serving yet is starting (pending included: it
+    is on its way, and counting it keeps the policy from stacking another step on top)."""
+    ready = starting = 0
+    for pod in pods:
+        if pod.terminating or pod.finished:
+            continue
+        if pod.serving:
+            ready += 1
+        else:
+            starting += 1
+    return ready, starting
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def observation_window(snap: MetricsSnapshot, *, ready: int, starting: int,
+                       current: int) -> ObservationWindow:
+    """The policy's view of a snapshot. An unavailable snapshot has no timestamp, so the
+    policy holds (it never acts on figures the snapshot says must not be trusted)."""
+    if not snap.available:
+        return ObservationWindow(timestamp=None, window_s=snap.window_s, ready_replicas=ready,
+                                 starting_replicas=starting, current_replicas=current)
+    # Triton counts a batch in rows; the policy's batch is in requests.
+    batch = snap.mean_batch_size
+    if _finite(snap.mean_request_rows) and snap.mean_request_rows > 0 and _finite(batch):
+        batch = batch / snap.mean_request_rows
+    return ObservationWindow(
+        timestamp=snap.timestamp,
+        window_s=snap.window_s,
+        request_rate=snap.request_rate,
+        success_rate=snap.success_rate,
+        rejected_rate=snap.rejected_rate,
+        backend_failure_rate=snap.backend_failure_rate,
+        mean_latency_ms=snap.mean_latency_ms,
+        latency_quantile_ms=snap.latency_quantile_ms,
+        queue_depth=snap.queue_depth,
+        mean_queue_ms=snap.mean_queue_ms,
+        mean_compute_ms=snap.mean_compute_ms,
+        mean_batch_size=batch,
+        ready_replicas=ready,
+        starting_replicas=starting,
+        current_replicas=current,
+    )
+
+
+def read_state(autoscaler_status: Mapping[str, Any] | None) -> tuple[PolicyState, str]:
+    """The policy state saved in `status.autoscaler`, and "" — or a fresh state and why the
+    saved one was not used (then the caller posts an Event)."""
+    saved = autoscaler_status or {}
+    text = saved.get("state")
+    if not text:
+        return PolicyState(), ""
+    if saved.get("version") != STATE_VERSION:
+        return PolicyState(), f"saved in format {saved.get('version')!r}, not {STATE_VERSION}"
+    try:
+        return PolicyState.from_dict(json.loads(text), strict=True), ""
+    except (ValueError, TypeError, KeyError) as err:
+        return PolicyState(), f"unreadable ({str(err)[:200]})"
+
+
+def material(state: PolicyState) -> dict[str, Any]:
+    """What of the state is worth a write when it changes: everything but the bookkeeping that
+    moves at every evaluation, with floats rounded so that noise is no change."""
+    def rounded(x: Any) -> Any:
+        if isinstance(x, float):
+            return round(x, 2) if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: rounded(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [rounded(v) for v in x]
+        return x
+    d = state.to_dict()
+    return {k: rounded(v) for k, v in d.items() if k not in _VOLATILE}
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 class Autoscaler(BackgroundLoop):
-    def __init__(self, kube: Kube, reconciler: Reconciler, client: QueryClient | None,
-                 metrics: OperatorMetrics, settings: AutoscalerSettings,
+    def __init__(self, kube: Kube, view: ClusterView, reconciler: Reconciler,
+                 events: EventRecorder, client: QueryClient | None, metrics: OperatorMetrics,
+                 settings: AutoscalerSettings, gate: PeeringGate,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__("dedicap-autoscaler", settings.tick_s)
         self.kube = kube
+        self.view = view
         self.reconciler = reconciler
+        self.events = events
         self.client = client
         self.metrics = metrics
         self.settings = settings
+        self.gate = gate
         self.clock = clock
         self._due: dict[tuple[str, str], float] = {}
         self._seen_replicas: dict[tuple[str, str], int] = {}
-        self._listed: list[dict[str, Any]] = []
-        self._listed_at = -math.inf
-        self._gate = PeeringGate(kube, settings.peering, settings.priority, "autoscaler")
+        self._saved: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
 
     # ----------------------------------------------------------------- scheduling
 
-    def active(self) -> bool:
-        return self._gate.allows()
-
-    def served(self, namespace: str) -> bool:
-        return serves(self.settings.namespaces, namespace)
-
     def tick(self) -> list[Outcome]:
         """Evaluate every autoscaled ModelDeployment that is due."""
-        if not self._gate.active():
+        if not self.view.synced or not self.gate.active("autoscaler"):
             # A peer acts; start afresh when it is our turn again.
             self._due.clear()
             self._seen_replicas.clear()
+            self._saved.clear()
             return []
         mono = time.monotonic()
-        if mono - self._listed_at >= self.settings.list_interval_s:
-            self._listed = [md for md in self.kube.iter("ModelDeployment")
-                            if self.served(md["metadata"].get("namespace", ""))
-                            and (md.get("spec") or {}).get("autoscaling")
-                            and not md["metadata"].get("deletionTimestamp")]
-            self._listed_at = mono
-            keys = {(md["metadata"]["namespace"], md["metadata"]["name"]) for md in self._listed}
-            for key in set(self._due) - keys:
-                self._forget(key)
-        ctx = _Tick()
-        outcomes = []
-        for md in self._listed:
-            key = (md["metadata"]["namespace"], md["metadata"]["name"])
-            if self._due.get(key, -math.inf) > mono:
-                continue
-            interval = self.settings.defaults.evaluation_interval_s
-            try:
-                outcome = self.evaluate(key[0], key[1], ctx)
-            except KubeError as err:
-                log.warning("autoscaling %s/%s failed: %s", *key, err)
-                outcome = None
-            if outcome is not None:
-                interval = outcome.decision_interval
-                outcomes.append(outcome.outcome)
-            self._due[key] = mono + interval
-        return outcomes
+        listed: dict[tuple[str, str], dict[str, Any]] = {}
+        for raw in self.view.modeldeployments():
+            meta = raw["metadata"]
+            if ((raw.get("spec") or {}).get("autoscaling") and not meta.get("deletionTimestamp")
+                    and self.gate.acts_for(meta.get("namespace", ""))):
+                listed[(meta["namespace"], meta["name"])] = raw
+        for key in set(self._due) - set(listed):
+            self._forget(key)
+        due = [(k, raw) for k, raw in listed.items() if self._due.get(k, -math.inf) <= mono]
+        if not due:
+            return []
+        return self.evaluate_all(due, mono)
 
     def _forget(self, key: tuple[str, str]) -> None:
         self._due.pop(key, None)
         self._seen_replicas.pop(key, None)
+        self._saved.pop(key, None)
         self.metrics.forget(*key)
+
+    def evaluate_all(self, due: list[tuple[tuple[str, str], dict[str, Any]]],
+                     mono: float | None = None) -> list[Outcome]:
+        """One round over `due`: one metrics query per (window, percentile), then each
+        ModelDeployment on its own."""
+        mono = time.monotonic() if mono is None else mono
+        now = self.clock()
+        parsed: list[tuple[tuple[str, str], dict[str, Any], ModelDeployment, PolicyConfig]] = []
+        for key, raw in due:
+            interval = self.settings.defaults.evaluation_interval_s
+            try:
+                md = ModelDeployment.model_validate(raw)
+                assert md.spec.autoscaling is not None
+                config = policy_config(md.spec.autoscaling, self.settings.defaults)
+                interval = evaluation_interval(md.spec.autoscaling, self.settings.defaults)
+                parsed.append((key, raw, md, config))
+            except ValidationError:
+                pass  # the reconcile reports the invalid spec
+            # Aligned to the interval, so ModelDeployments of one interval share a query.
+            self._due[key] = (math.floor(mono / interval) + 1) * interval
+        snaps = self._observe_all(parsed, now)
+        outcomes = []
+        for key, raw, md, config in parsed:
+            started = time.monotonic()
+            try:
+                outcomes.append(self._evaluate(raw, md, config, snaps[key], now))
+            except Exception as err:  # one ModelDeployment's failure is its own
+                log.exception("autoscaling %s/%s failed", *key)
+                outcomes.append(self._failed(raw, key, err))
+            finally:
+                self.metrics.evaluation_seconds.observe(time.monotonic() - started)
+        return outcomes
+
+    def _observe_all(self, parsed: list[tuple[tuple[str, str], dict[str, Any],
+                                              ModelDeployment, PolicyConfig]],
+                     now: float) -> dict[tuple[str, str], MetricsSnapshot]:
+        d = self.settings.defaults
+        keys = [p[0] for p in parsed]
+        if self.client is None:
+            return {k: MetricsSnapshot(
+                available=False, queried_at=now, window_s=d.window_s,
+                percentile=cfg.latency_percentile, problem=st.NO_PROMETHEUS,
+                reason="the operator has no Prometheus address (--prometheus-url or "
+                       "DEDICAP_PROMETHEUS_URL)") for k, _, _, cfg in parsed}
+        groups: dict[float, list[tuple[str, str]]] = {}
+        for key, _, _, cfg in parsed:
+            groups.setdefault(cfg.latency_percentile, []).append(key)
+        snaps: dict[tuple[str, str], MetricsSnapshot] = {}
+        outage: MetricsSnapshot | None = None
+        for percentile, group in sorted(groups.items()):
+            if outage is not None:
+                # Prometheus did not answer this round: do not wait out its timeouts again.
+                snaps.update({k: outage for k in group})
+                continue
+            got = observe_many(self.client, group, d.window_s, now, percentile=percentile,
+                               scrape_interval_s=d.scrape_interval_s,
+                               stale_after_intervals=d.stale_after_intervals)
+            problems = {s.problem for s in got.values()}
+            for problem in problems & {PROBLEM_UNAVAILABLE, PROBLEM_QUERY}:
+                self.metrics.record_query_error(problem)
+            if PROBLEM_UNAVAILABLE in problems:
+                outage = next(iter(got.values()))
+            snaps.update(got)
+        assert set(keys) <= set(snaps)
+        return snaps
 
     # ----------------------------------------------------------------- one evaluation
 
-    def evaluate(self, namespace: str, name: str, ctx: _Tick | None = None
-                 ) -> _Evaluated | None:
-        ctx = ctx or _Tick()
-        raw = self.kube.get("ModelDeployment", name, namespace)
-        if raw is None or raw["metadata"].get("deletionTimestamp"):
-            self._forget((namespace, name))
-            return None
-        try:
-            md = ModelDeployment.model_validate(raw)
-        except ValidationError:
-            return None  # the reconciler reports the invalid spec
-        spec = md.spec.autoscaling
-        if spec is None:
-            self._forget((namespace, name))
-            return None
-        with self.metrics.time_evaluation():
-            return self._evaluate(raw, md, ctx)
-
-    def _evaluate(self, raw: Mapping[str, Any], md: ModelDeployment, ctx: _Tick) -> _Evaluated:
+    def _evaluate(self, raw: Mapping[str, Any], md: ModelDeployment, config: PolicyConfig,
+                  snap: MetricsSnapshot, now: float) -> Outcome:
         spec = md.spec.autoscaling
         assert spec is not None
-        defaults = self.settings.defaults
-        config = policy_config(spec, defaults)
         namespace, name = md.namespace, md.name
         key = (namespace, name)
-        now = self.clock()
-        snap = self._observe(namespace, name, config.latency_percentile, now, ctx)
-        pods = self.kube.list("Pod", namespace, labels=selector_string(name))
-        ready, starting = st.replica_counts(pods)
+        ready, starting = replica_counts(self.view.pods_of(namespace, name))
         current = md.spec.desired_replicas()
         manual = self._seen_replicas.get(key)
-        state = _read_state(raw)
-        limit, explanation = self._replica_limit(md, spec.max_replicas, ctx)
-        window = st.observation_window(snap, ready=ready, starting=starting, current=current)
+        saved = (raw.get("status") or {}).get("autoscaler")
+        state, unreadable = read_state(saved)
+        limit, explanation = self._replica_limit(md, spec.max_replicas)
+        window = observation_window(snap, ready=ready, starting=starting, current=current)
         decision = decide(config, window, state, now, limit)
         code = st.reason_code(decision, window, config)
         scaled = False
@@ -204,8 +320,11 @@ class Autoscaler(BackgroundLoop):
             scaled = self._scale(md, current, decision.replicas)
         self._seen_replicas[key] = decision.replicas if scaled else current
 
-        when = datetime.fromtimestamp(now, UTC)
         events: list[tuple[str, str, str]] = []
+        if unreadable:
+            events.append(("Warning", "AutoscalerStateReset", (
+                f"the autoscaler's saved state was {unreadable}; it starts afresh (learned "
+                "capacity and burst memory are relearned)")))
         if manual is not None and manual != current:
             events.append(("Normal", "ManualScale", (
                 f"spec.replicas went from {manual} to {current} outside the autoscaler; it is "
@@ -214,8 +333,8 @@ class Autoscaler(BackgroundLoop):
         if scaled:
             events.append(("Normal", "ScaledUp" if decision.replicas > current else "ScaledDown",
                            f"{current} -> {decision.replicas} ({code}): {decision.reason}"))
-        self._report(raw, md, snap, config, decision, code, scaled, current, limit,
-                     explanation, when, events)
+        self._report(md, snap, config, decision, code, scaled, current, limit, explanation,
+                     now, events, force_state=bool(unreadable))
         self.metrics.record_decision(namespace, name,
                                      decision.direction if scaled else "hold", code)
         self.metrics.set_modeldeployment(
@@ -225,59 +344,36 @@ class Autoscaler(BackgroundLoop):
             latency_target_ms=config.latency_target_ms, percentile=config.latency_percentile,
             error_ratio=snap.error_ratio if snap.available else math.nan,
             request_rate=snap.request_rate if snap.available else math.nan,
-            latency_objective=defaults.latency_objective,
+            latency_objective=self.settings.defaults.latency_objective,
             error_ratio_objective=(spec.slo.error_rate.maximum if spec.slo.error_rate
                                    else math.nan))
         log.info("%s/%s: %s %d -> %d [%s] ready=%d starting=%d limit=%s p%g=%.0fms "
                  "rate=%.1f/s: %s", namespace, name, decision.direction, current,
                  decision.replicas, code, ready, starting, limit, config.latency_percentile,
                  snap.latency_quantile_ms, snap.request_rate, decision.reason)
-        return _Evaluated(Outcome(namespace, name, snap, decision, code, scaled, limit),
-                          evaluation_interval(spec, defaults))
+        return Outcome(namespace, name, snap, decision, code, scaled, limit)
 
-    def _observe(self, namespace: str, name: str, percentile: float, now: float,
-                 ctx: _Tick) -> MetricsSnapshot:
-        d = self.settings.defaults
-        if self.client is None:
-            return MetricsSnapshot(
-                available=False, queried_at=now, window_s=d.window_s, percentile=percentile,
-                problem=st.NO_PROMETHEUS,
-                reason="the operator has no Prometheus address (--prometheus-url or "
-                       "DEDICAP_PROMETHEUS_URL)")
-        if ctx.outage is not None:
-            # Prometheus did not answer this round: do not wait out its timeouts once per
-            # ModelDeployment.
-            return MetricsSnapshot(available=False, queried_at=now, window_s=d.window_s,
-                                   percentile=percentile, problem=ctx.outage.problem,
-                                   reason=ctx.outage.reason)
-        snap = observe(self.client, namespace, name, d.window_s, now, percentile=percentile,
-                       scrape_interval_s=d.scrape_interval_s,
-                       stale_after_intervals=d.stale_after_intervals)
-        if snap.problem in (PROBLEM_UNAVAILABLE, PROBLEM_QUERY):
-            self.metrics.record_query_error(snap.problem)
-        if snap.problem == PROBLEM_UNAVAILABLE:
-            ctx.outage = snap
-        return snap
+    def _failed(self, raw: Mapping[str, Any], key: tuple[str, str], err: Exception) -> Outcome:
+        """Report a broken evaluation on the ModelDeployment itself (best effort)."""
+        text = f"{type(err).__name__}: {err}"
+        try:
+            with self.reconciler.lock(*key):
+                fresh = self.view.modeldeployment(*key) or dict(raw)
+                self._write_status(fresh, {}, [st.evaluation_failed(text)], [])
+            self.events.record(raw, "Warning", st.EVALUATION_FAILED,
+                               f"evaluation failed, replicas held: {text}")
+        except Exception:
+            log.exception("cannot report the failed evaluation of %s/%s", *key)
+        self.metrics.record_decision(key[0], key[1], "hold", st.EVALUATION_FAILED)
+        return Outcome(key[0], key[1], None, None, st.EVALUATION_FAILED, False, None,
+                       error=text)
 
-    def _replica_limit(self, md: ModelDeployment, max_replicas: int, ctx: _Tick
-                       ) -> tuple[int | None, str]:
+    def _replica_limit(self, md: ModelDeployment, max_replicas: int) -> tuple[int | None, str]:
         """The most replicas placeable now under the reservation and in the pools (the
         ModelDeployment's own replicas count as placeable), and why not more."""
-        if ctx.capacity is None and not ctx.capacity_failed:
-            try:
-                snapshot = capacity.read(self.kube)
-                ctx.capacity = (snapshot, capacity.plan(snapshot, datetime.now(UTC)))
-            except KubeError as err:
-                log.warning("cannot read capacity: %s", err)
-                ctx.capacity_failed = True
-        if ctx.capacity is None:
-            return None, ""
-        snapshot, plan = ctx.capacity
-        wanted = md.model_copy(update={"spec": md.spec.model_copy(
-            update={"replicas": max_replicas})})
-        placement = capacity.placement_for(wanted, snapshot, plan)
+        placement = self.reconciler.placement(md, self.view.state(), replicas=max_replicas)
         if not placement.assignments:
-            return None, ""  # no eligible pool: the reconciler reports it; do not force 0
+            return None, ""  # no eligible pool: the reconcile reports it; do not force 0
         return placement.placed, placement.message
 
     def _scale(self, md: ModelDeployment, current: int, desired: int) -> bool:
@@ -306,71 +402,72 @@ class Autoscaler(BackgroundLoop):
 
     # ----------------------------------------------------------------- report
 
-    def _report(self, raw: Mapping[str, Any], md: ModelDeployment, snap: MetricsSnapshot,
-                config: PolicyConfig, decision: Decision, code: str, scaled: bool, current: int,
-                limit: int | None, explanation: str, when: datetime,
-                events: list[tuple[str, str, str]]) -> None:
-        namespace, name = md.namespace, md.name
-        state = json.dumps(decision.state.to_dict(), separators=(",", ":"))
-        self.kube.patch_merge("ModelDeployment", name, {"metadata": {
-            "annotations": {st.ANNOTATION_STATE: state}}}, namespace=namespace)
+    def _report(self, md: ModelDeployment, snap: MetricsSnapshot, config: PolicyConfig,
+                decision: Decision, code: str, scaled: bool, current: int,
+                limit: int | None, explanation: str, now: float,
+                events: list[tuple[str, str, str]], *, force_state: bool) -> None:
         spec = md.spec.autoscaling
         assert spec is not None
-        with self.reconciler.lock(namespace, name):
-            fresh = self.kube.get("ModelDeployment", name, namespace)
+        key = (md.namespace, md.name)
+        when = datetime.fromtimestamp(now, UTC)
+        fields: dict[str, Any] = {}
+        with self.reconciler.lock(*key):
+            fresh = self.view.modeldeployment(*key)
             if fresh is None:
                 return
-            previous = dict(fresh.get("status") or {})
-            old_conditions = previous.get("conditions") or []
-            updates = st.autoscaler_conditions(old_conditions, snap, spec, config, decision,
-                                               explanation if limit is not None else "")
-            generation = int(fresh["metadata"].get("generation", 0))
-            merged = c.merge(old_conditions, updates, generation, when)
-            patch: dict[str, Any] = {"observed": st.observed_status(snap, when)}
+            previous = fresh.get("status") or {}
+            conds = st.autoscaler_conditions(previous.get("conditions") or [], snap, spec,
+                                             config, decision,
+                                             explanation if limit is not None else "")
+            observed = st.observed_status(snap, when)
+            old_observed = {k: v for k, v in (previous.get("observed") or {}).items()
+                            if k != "sampledAt"}
+            if {k: v for k, v in observed.items() if k != "sampledAt"} != old_observed:
+                fields["observed"] = observed
             if scaled:
-                patch["lastScale"] = st.last_scale(when, current, decision.replicas, code,
-                                                   decision.reason)
-            if merged != old_conditions:
-                patch["conditions"] = merged
-            self.kube.patch_merge("ModelDeployment", name, {"status": patch},
-                                  namespace=namespace, subresource="status")
-        for cond in c.transitions(old_conditions, updates):
-            bad = (cond.status != "True" if cond.type in (c.METRICS_AVAILABLE, c.SLO_MET)
-                   else cond.is_true)
-            events.append(("Warning" if bad else "Normal", cond.reason,
+                fields["lastScale"] = st.last_scale(when, current, decision.replicas, code,
+                                                    decision.reason)
+            if self._state_due(key, decision.state, snap.available, now, force_state or scaled):
+                fields["autoscaler"] = {
+                    "state": json.dumps(decision.state.to_dict(), separators=(",", ":")),
+                    "version": STATE_VERSION, "savedAt": c.timestamp(when)}
+            transitions = self._write_status(fresh, fields, conds, events)
+            if "autoscaler" in fields:
+                self._saved[key] = (now, material(decision.state))
+        for cond in transitions:
+            events.append((status.event_type(cond), cond.reason,
                            f"{cond.type} is {cond.status}: {cond.message}"))
         for type_, reason, message in events:
-            self._event(fresh, type_, reason, message, when)
+            self.events.record(fresh, type_, reason, message, when=when)
 
-    def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str,
-               when: datetime) -> None:
-        meta = body["metadata"]
-        log.info("%s/%s: %s %s: %s", meta["namespace"], meta["name"], type_, reason, message)
-        events.post(self.kube, {"apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
-                                **body}, type_, reason, message,
-                    instance=self.settings.instance, origin="autoscaler", when=when)
+    def _state_due(self, key: tuple[str, str], state: PolicyState, live: bool, now: float,
+                   force: bool) -> bool:
+        saved = self._saved.get(key)
+        if force or saved is None:
+            return True
+        at, what = saved
+        if material(state) != what:
+            return True
+        return live and now - at >= STATE_REFRESH_S
 
-
-@dataclass
-class _Evaluated:
-    outcome: Outcome
-    decision_interval: float
-
-
-def _read_state(raw: Mapping[str, Any]) -> PolicyState:
-    text = ((raw.get("metadata") or {}).get("annotations") or {}).get(st.ANNOTATION_STATE)
-    if not text:
-        return PolicyState()
-    try:
-        return PolicyState.from_dict(json.loads(text))
-    except (ValueError, TypeError, KeyError) as err:
-        log.warning("ignoring unreadable autoscaler state: %s", err)
-        return PolicyState()
+    def _write_status(self, fresh: Mapping[str, Any], fields: Mapping[str, Any],
+                      conds: list[c.Cond], events: list[tuple[str, str, str]]
+                      ) -> tuple[c.Cond, ...]:
+        generation = int(fresh["metadata"].get("generation", 0))
+        upd = status.update(fresh.get("status"), fields, conds, generation,
+                            datetime.fromtimestamp(self.clock(), UTC))
+        if upd.patch:
+            meta = fresh["metadata"]
+            written = self.kube.patch_merge("ModelDeployment", meta["name"],
+                                            {"status": upd.patch}, namespace=meta["namespace"],
+                                            subresource="status")
+            self.view.observe_write("ModelDeployment", written)
+        return upd.transitions
 
 
 def make_client(url: str | None, timeout_s: float = 3.0) -> PrometheusClient | None:
     """A Prometheus client for the operator: short timeouts and one retry, so an outage costs
-    an evaluation a few seconds, not the client's default worst case."""
+    an evaluation round a few seconds, not the client's default worst case."""
     return None if url is None else PrometheusClient(url, timeout_s=timeout_s, retries=1)
 
 
@@ -410,25 +507,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "in a cluster 0.0.0.0)")
 
 
-def from_args(args: argparse.Namespace, kube: Kube, reconciler: Reconciler, *,
-              namespaces: tuple[str, ...], priority: int, instance: str) -> Autoscaler:
-    """Build the autoscaler of `dedicap run` and serve the operator's metrics if asked."""
-    url = resolve_url(args.prometheus_url)
+def defaults_from_args(args: argparse.Namespace) -> AutoscalerDefaults:
     if not 0 < args.slo_latency_objective < 1:
         raise SystemExit("--slo-latency-objective must lie strictly between 0 and 1 (e.g. 0.99), "
                          f"got {args.slo_latency_objective}")
+    return AutoscalerDefaults(
+        evaluation_interval_s=args.evaluation_interval, startup_delay_s=args.replica_startup,
+        scrape_interval_s=args.scrape_interval, window_s=args.metrics_window,
+        burst_memory_s=args.burst_memory, latency_objective=args.slo_latency_objective)
+
+
+def metrics_from_args(args: argparse.Namespace) -> OperatorMetrics:
+    """The operator's metrics registry, served on /metrics when asked."""
     metrics = OperatorMetrics()
     if args.metrics_port:
         server, _ = serve(metrics, args.metrics_port, args.metrics_address)
         log.info("operator metrics on http://%s:%d/metrics", args.metrics_address,
                  server.server_port)
-    defaults = AutoscalerDefaults(
-        evaluation_interval_s=args.evaluation_interval, startup_delay_s=args.replica_startup,
-        scrape_interval_s=args.scrape_interval, window_s=args.metrics_window,
-        burst_memory_s=args.burst_memory, latency_objective=args.slo_latency_objective)
-    settings = AutoscalerSettings(
-        defaults=defaults, namespaces=namespaces,
-        peering=None if args.standalone else args.peering, priority=priority, instance=instance)
+    return metrics
+
+
+def client_from_args(args: argparse.Namespace) -> PrometheusClient | None:
+    url = resolve_url(args.prometheus_url)
     log.info("autoscaler: Prometheus %s, evaluation every %gs", url or "not configured",
-             defaults.evaluation_interval_s)
-    return Autoscaler(kube, reconciler, make_client(url), metrics, settings)
+             args.evaluation_interval)
+    return make_client(url)

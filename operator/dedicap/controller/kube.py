@@ -5,6 +5,7 @@ of the few kinds dedicap touches, so no discovery round trips are needed at star
 
 from __future__ import annotations
 
+import builtins
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import kubernetes
+import urllib3
 
 FIELD_MANAGER = "dedicap"
 
@@ -57,17 +59,28 @@ KINDS: dict[str, Kind] = {k.kind: k for k in (
     Kind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", False),
     Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions",
          False),
+    # What capacity management writes.
+    Kind("v1", "ResourceQuota", "resourcequotas", True),
+    Kind("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", False),
+    Kind("rbac.authorization.k8s.io/v1", "Role", "roles", True),
+    Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True),
+    Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False),
+    Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False),
 )}
 
 
 class KubeError(Exception):
-    """A non-2xx answer of the API server, with its Status message."""
+    """A request the API server did not answer with a 2xx: a non-2xx answer with its Status
+    message, or (`status` 0) no answer at all — connection refused or reset, a timeout, a TLS
+    failure — as while the API server restarts. Every loop of the operator handles this one
+    exception, so an API server that is down costs a round, never the loop."""
 
     def __init__(self, status: int, method: str, path: str, body: Any) -> None:
         self.status = status
         self.body = body
         message = body.get("message") if isinstance(body, dict) else str(body)[:500]
-        super().__init__(f"{method} {path}: HTTP {status}: {message}")
+        what = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"{method} {path}: {what}: {message}")
 
     @property
     def not_found(self) -> bool:
@@ -76,6 +89,22 @@ class KubeError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        """410: a watch's resourceVersion is too old; list again."""
+        return self.status == 410
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status == 0
+
+
+# What the client raises when the API server does not answer: urllib3's errors (refused,
+# reset, timeouts, TLS; MaxRetryError wraps the first ones), the client's own status-0
+# ApiException (it turns TLS errors into one) and socket-level OSErrors.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError, kubernetes.client.exceptions.ApiException, OSError)
 
 
 def load_config(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
@@ -91,18 +120,22 @@ def load_config(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(configuration)
 
 
+# Called after every request with (method, path, status); status 0: no answer.
+RequestObserver = Callable[[str, str, int], None]
+
+
 class Kube:
-    """Thread-safe: the handlers run in kopf's executor threads and share one client."""
+    """Thread-safe: the operator's threads share one client."""
 
     def __init__(self, api: kubernetes.client.ApiClient, timeout: float = 30.0) -> None:
         self._api = api
         self._timeout = timeout
         self._lock = threading.Lock()
-        # Told of every failed request: (verb, HTTP status or "error" for no answer).
-        self.on_error: Callable[[str, int | str], None] | None = None
+        self.observers: list[RequestObserver] = []
 
-    def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
-                body: Any = None, content_type: str = "application/json") -> Any:
+    def _send(self, method: str, path: str, query: Mapping[str, str] | None, body: Any,
+              content_type: str, timeout: float | tuple[float, float]) -> Any:
+        """The raw response (not read yet). Raises KubeError(0) when nothing answers."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         with self._lock:  # param_serialize mutates shared default headers
             _, url, headers, body, _ = self._api.param_serialize(
@@ -110,22 +143,61 @@ class Kube:
                 query_params=list((query or {}).items()), header_params=headers, body=body,
                 auth_settings=["BearerToken"])
         try:
-            response = self._api.call_api(method, url, header_params=headers, body=body,
-                                          _request_timeout=self._timeout)
-        except Exception:
-            if self.on_error is not None:
-                self.on_error(method, "error")
-            raise
-        raw = response.read()
+            return self._api.call_api(method, url, header_params=headers, body=body,
+                                      _request_timeout=timeout)
+        except TRANSPORT_ERRORS as err:
+            self._observe(method, path, 0)
+            raise KubeError(0, method, path, f"{type(err).__name__}: {err}") from err
+
+    def _observe(self, method: str, path: str, status: int) -> None:
+        for observer in self.observers:
+            observer(method, path, status)
+
+    def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+                body: Any = None, content_type: str = "application/json") -> Any:
+        response = self._send(method, path, query, body, content_type, self._timeout)
+        try:
+            raw = response.read()
+        except TRANSPORT_ERRORS as err:  # the connection broke mid-answer
+            self._observe(method, path, 0)
+            raise KubeError(0, method, path, f"{type(err).__name__}: {err}") from err
+        self._observe(method, path, response.status)
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
             data = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         if not 200 <= response.status < 300:
-            if self.on_error is not None:
-                self.on_error(method, response.status)
             raise KubeError(response.status, method, path, data)
         return data
+
+    def watch(self, path: str, query: Mapping[str, str], read_timeout: float
+              ) -> Iterator[dict[str, Any]]:
+        """The events of a watch request (`?watch=1`), one dict per line, until the server
+        ends the stream. Raises KubeError for a refused watch or a broken connection."""
+        response = self._send("GET", path, {**query, "watch": "1"}, None, "application/json",
+                              (10.0, read_timeout))
+        if not 200 <= response.status < 300:
+            raw = response.read()
+            self._observe("WATCH", path, response.status)
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = raw.decode(errors="replace")
+            raise KubeError(response.status, "WATCH", path, data)
+        self._observe("WATCH", path, response.status)
+        stream = response.response  # urllib3's, unread
+        buffer = b""
+        try:
+            for chunk in stream.stream(64 * 1024, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        except TRANSPORT_ERRORS as err:
+            raise KubeError(0, "WATCH", path, f"{type(err).__name__}: {err}") from err
+        finally:
+            stream.release_conn()
 
     # -------------------------------------------------------------------- reads
 
@@ -160,6 +232,28 @@ class Kube:
             if not token:
                 return
             query["continue"] = token
+
+    def list_all(self, kind: Kind, *, namespace: str | None = None, labels: str | None = None,
+                 fields: str | None = None, page: int = 500
+                 ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every object of `kind` (in `namespace`, or all namespaces), and the list's
+        resourceVersion to watch from."""
+        query: dict[str, str] = {"limit": str(page)}
+        if labels:
+            query["labelSelector"] = labels
+        if fields:
+            query["fieldSelector"] = fields
+        items: builtins.list[dict[str, Any]] = []
+        while True:
+            data = self.request("GET", kind.path(namespace), query=query)
+            for item in data.get("items", []):
+                item.setdefault("apiVersion", kind.api_version)
+                item.setdefault("kind", kind.kind)
+                items.append(item)
+            meta = data.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion") or "")
+            query["continue"] = meta["continue"]
 
     # -------------------------------------------------------------------- writes
 

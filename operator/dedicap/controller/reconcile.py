@@ -1,42 +1,40 @@
-"""The reconcile loop of one object: observe -> plan -> apply -> report.
+"""The reconcile of one ModelDeployment: observe -> plan -> apply -> report.
 
-Driven only by what it observes (the object, its children, nodes, pods), never by what it did
-before, so it can be interrupted at any line and run again: the next run converges to the
-same children. kopf only decides *when* it runs (handlers.py).
+Driven only by what it observes (the object, its children, nodes, pods — all from the shared
+view, no API read), never by what it did before, so it can be interrupted at any line and run
+again: the next run converges to the same children. It writes only what differs: an unchanged
+ModelDeployment costs no API request. When it runs is `dispatch.py`'s business.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
-from dedicap.api.models import GPUPool, ModelDeployment
-from dedicap.controller import conditions as c
-from dedicap.controller.apply import CHILD_KINDS, Action, apply_children, list_children
-from dedicap.controller.autoscale_status import keep_autoscaler_conditions
-from dedicap.controller.capacity import CapacityPlanner
+from dedicap.api import conditions as c
+from dedicap.api.models import ModelDeployment
+from dedicap.controller import status
+from dedicap.controller.accounting import Accountant
+from dedicap.controller.apply import Action, apply_children, owned_by
+from dedicap.controller.events import EventRecorder
 from dedicap.controller.kube import Kube, KubeError
-from dedicap.controller.observe import ClusterObserver, pool_status, pool_views
-from dedicap.controller.status import Problem, compute, no_eligible_pool
-from dedicap.decide.placement import Placement, place
-from dedicap.decide.render import RenderOptions, render, selector_string
-from dedicap.metrics.exporter import OperatorMetrics
+from dedicap.controller.status.autoscaling import keep_autoscaler_conditions
+from dedicap.controller.status.replicas import Problem, compute, no_eligible_pool
+from dedicap.controller.view import ClusterView
+from dedicap.decide import capacity as cap
+from dedicap.decide.cluster import ClusterState
+from dedicap.decide.placement import Placement
+from dedicap.decide.render import RenderOptions, render
+from dedicap.metrics.exporter import OperatorMetrics, PoolUsage
 
 log = logging.getLogger(__name__)
-
-
-class Recorder(Protocol):
-    """Posts a Kubernetes Event about the object being reconciled."""
-
-    def __call__(self, type: str, reason: str, message: str) -> None: ...
 
 
 def validation_summary(err: ValidationError, prefix: str = "") -> str:
@@ -48,97 +46,102 @@ def validation_summary(err: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def _warning(cond: c.Cond) -> bool:
-    if cond.type in (c.READY, c.METRICS_AVAILABLE, c.SLO_MET):
-        return cond.status == "False"
-    if cond.type in (c.DEGRADED, c.CAPACITY_CONSTRAINED):
-        return cond.status == "True"
-    return cond.reason == "ProgressDeadlineExceeded"
-
-
 def _placement_summary(placement: Placement) -> str:
     parts = [f"{a.replicas} on {a.pool}" for a in placement.assignments if a.replicas]
     return ", ".join(parts) or "no replicas"
 
 
 @dataclass
+class CapacityPlanner:
+    """The capacity plan of the current cluster state, computed once per state and second (the
+    reconcile of every ModelDeployment, the autoscaler's replica limits and the capacity loop
+    share it)."""
+
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _cached: tuple[int, int, cap.CapacityPlan] | None = field(default=None, init=False)
+
+    def plan(self, state: ClusterState) -> cap.CapacityPlan:
+        now = self.clock()
+        key = (id(state), int(now.timestamp()))
+        cached = self._cached
+        if cached is not None and cached[:2] == key:
+            return cached[2]
+        result = cap.plan(state, now)
+        self._cached = (key[0], key[1], result)
+        return result
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did (for tests and logs)."""
+
+    writes: int = 0
+    problem: str = ""
+
+
+@dataclass
 class Reconciler:
     kube: Kube
-    observer: ClusterObserver
+    view: ClusterView
+    events: EventRecorder
     options: RenderOptions = field(default_factory=RenderOptions)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    # How long the answer to "does the cluster have ServiceMonitors?" is trusted.
-    crd_check_seconds: float = 60.0
-    # Reservation-aware placement and GPU accounting; without it, plain placement.
+    # Capacity management (reservation-aware placement, GPU accounting); None: plain placement.
     capacity: CapacityPlanner | None = None
-    # Where reconcile latency is observed (the operator's metrics, once they exist).
+    accountant: Accountant = field(default_factory=Accountant)
     metrics: OperatorMetrics | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, init=False)
-    _sm: tuple[float, bool] | None = field(default=None, init=False)
-
-    # ---------------------------------------------------------------- helpers
 
     def lock(self, namespace: str, name: str) -> threading.Lock:
-        """One reconcile per object at a time: the kopf handlers of the object and of its
-        children run in different threads."""
+        """One writer of a ModelDeployment's status at a time: the reconcile and the
+        autoscaler each read the view, compute and write; the lock keeps one from writing
+        conditions computed from a status the other is replacing."""
         with self._locks_guard:
             return self._locks.setdefault((namespace, name), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
+        """A deleted ModelDeployment: its integral and every series of it."""
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
-        if self.capacity is not None:
-            self.capacity.forget(namespace, name)
+        self.accountant.forget(namespace, name)
+        if self.metrics is not None:
+            self.metrics.forget(namespace, name)
 
-    def _options(self) -> RenderOptions:
-        now = time.monotonic()
-        if self._sm is None or now - self._sm[0] > self.crd_check_seconds:
-            try:
-                self._sm = (now, self.observer.has_service_monitors())
-            except KubeError as err:
-                log.warning("cannot tell whether ServiceMonitors exist: %s", err)
-                self._sm = (now, False)
-        return replace(self.options, service_monitor=self._sm[1])
+    def placement(self, md: ModelDeployment, state: ClusterState,
+                  replicas: int | None = None) -> Placement:
+        plan = self.capacity.plan(state) if self.capacity is not None else None
+        return cap.placement(md, state, plan, replicas)
 
-    def _child_kinds(self, options: RenderOptions) -> tuple[str, ...]:
-        return tuple(k for k in CHILD_KINDS if k != "ServiceMonitor" or options.service_monitor)
+    def reconcile(self, namespace: str, name: str) -> Outcome:
+        started = time.monotonic()
+        try:
+            with self.lock(namespace, name):
+                return self._reconcile(namespace, name)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_reconcile(time.monotonic() - started)
 
-    # ---------------------------------------------------------------- ModelDeployment
-
-    def reconcile_modeldeployment(self, body: Mapping[str, Any], record: Recorder) -> None:
-        meta = body.get("metadata") or {}
-        namespace, name = meta.get("namespace", ""), meta.get("name", "")
-        if meta.get("deletionTimestamp"):
-            return  # the garbage collector removes the children
-        timer = self.metrics.time_reconcile() if self.metrics else contextlib.nullcontext()
-        with self.lock(namespace, name), timer:
-            fresh = self.kube.get("ModelDeployment", name, namespace)
-            if fresh is None:
-                return
-            self._reconcile_md(fresh, record)
-
-    def _reconcile_md(self, body: Mapping[str, Any], record: Recorder) -> None:
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        previous = dict(body.get("status") or {})
+    def _reconcile(self, namespace: str, name: str) -> Outcome:
+        body = self.view.modeldeployment(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return Outcome()  # the garbage collector removes the children
         try:
             md = ModelDeployment.model_validate(body)
         except ValidationError as err:
-            self._write_invalid(body, Problem(
-                "InvalidSpec", "fix the spec: " + validation_summary(err)), record)
-            return
+            return self._invalid(body, err)
 
-        state = self.observer.state()
-        views = pool_views(state, namespace, name)
-        pool_specs = {n: v.spec for n, v in views.items()}
-        placement = (self.capacity.place(md, views) if self.capacity is not None
-                     else place(md.spec, md.spec.desired_replicas(), views))
-        options = self._options()
-        existing = list_children(self.kube, namespace, name, md.uid, self._child_kinds(options))
+        state = self.view.state()
+        placement = self.placement(md, state)
+        pool_specs = {n: p.spec for n, p in state.pools.items()}
+        options = replace(self.options, service_monitor=self.view.has_service_monitors(),
+                          priority_classes=self.capacity is not None)
+        existing = {k: o for k, o in self.view.children(namespace, name).items()
+                    if owned_by(o, md.uid)}
         actions: list[Action] = []
         waiting: list[str] = []
         problem: Problem | None = None
+        writes = 0
         deployments = [o for k, o in existing.items() if k.kind == "Deployment"]
         if not placement.eligible:
             # Leave what runs alone: a typo in the pool list must not take the model down.
@@ -146,115 +149,80 @@ class Reconciler:
         else:
             try:
                 result = apply_children(self.kube, render(md, placement, pool_specs, options),
-                                        existing)
+                                        existing, placement.wanted, self.view.observe_write)
             except KubeError as err:
+                if err.unreachable:
+                    raise  # retried with backoff; nothing to report that is true
                 problem = Problem("ApplyFailed", f"the API server refused a child: {err}")
             else:
                 actions, waiting = result.actions, result.waiting_to_delete
                 deployments = result.deployments()
-                if any(a.reason in ("Created", "Deleted", "Scaled") for a in actions):
-                    self.observer.invalidate()
-                    if self.capacity is not None:
-                        self.capacity.invalidate()
-        pods = self.kube.list("Pod", namespace, labels=selector_string(name))
-        report = compute(md, placement, problem, deployments, pods, pool_specs, waiting)
+                writes += result.writes
+        report = compute(md, placement, problem, deployments,
+                         self.view.pods_of(namespace, name), pool_specs, waiting)
         if self.capacity is not None:
-            self.capacity.account(md, report.fields)
+            self._account(md, report.fields, state)
 
         for action in actions:
-            record(action.type, action.reason, action.message)
+            self.events.record(body, action.type, action.reason, action.message)
+        previous = body.get("status") or {}
         old_placement = {p.get("pool"): p.get("replicas") for p in previous.get("placement", [])}
         new_placement = {p["pool"]: p["replicas"] for p in report.fields["placement"]}
         if problem is None and old_placement != new_placement:
-            record("Normal", "Placed", f"placement: {_placement_summary(placement)} "
-                   f"({placement.wanted} wanted)")
+            self.events.record(body, "Normal", "Placed",
+                               f"placement: {_placement_summary(placement)} "
+                               f"({placement.wanted} wanted)")
         # Problems only the autoscaler sees (model errors, SLO breached at the replica limit)
         # are not overwritten by "nothing wrong here".
-        conds = keep_autoscaler_conditions((body.get("status") or {}).get("conditions") or [],
-                                           report.conditions, md.spec.autoscaling is not None)
-        self._write_status(body, report.fields, conds, md.generation, record)
+        conds = keep_autoscaler_conditions(previous.get("conditions") or [], report.conditions,
+                                           md.spec.autoscaling is not None)
+        writes += self._write_status(body, report.fields, conds, md.generation)
+        return Outcome(writes, problem.reason if problem else "")
 
-    def _write_invalid(self, body: Mapping[str, Any], problem: Problem,
-                       record: Recorder) -> None:
-        conds = [c.Cond(c.READY, "False", problem.reason, problem.message),
-                 c.Cond(c.DEGRADED, "True", problem.reason, problem.message)]
+    def _invalid(self, body: Mapping[str, Any], err: ValidationError) -> Outcome:
+        invalid = Problem("InvalidSpec", "fix the spec: " + validation_summary(err))
+        conds = [c.Cond(c.READY, "False", invalid.reason, invalid.message),
+                 c.Cond(c.DEGRADED, "True", invalid.reason, invalid.message)]
         generation = int(body["metadata"].get("generation", 0))
-        self._write_status(body, {"observedGeneration": generation}, conds, generation, record)
+        writes = self._write_status(body, {"observedGeneration": generation}, conds, generation)
+        return Outcome(writes, invalid.reason)
+
+    def _account(self, md: ModelDeployment, fields: dict[str, Any],
+                 state: ClusterState) -> None:
+        """Add GPU-hours to the status fields about to be written (`cost`, from the per-pool
+        `placement` computed) and export the per-pool usage."""
+        gpus_by_pool = {p["pool"]: int(p.get("gpus", 0)) for p in fields.get("placement", [])}
+        previous = (md.status.cost.model_dump(by_alias=True, mode="json", exclude_none=True)
+                    if md.status is not None and md.status.cost is not None else None)
+        # status.placement is written in the same patch as status.cost: its per-pool GPUs are
+        # the counts held at cost.accountedAt, which a restarted operator charges per pool.
+        previous_by_pool = ({p.pool: p.gpus for p in md.status.placement}
+                            if md.status is not None and md.status.placement else None)
+        prices = {name: pool.spec for name, pool in state.pools.items()}
+        report = self.accountant.observe(md.namespace, md.name, gpus_by_pool, prices,
+                                         self.clock(), previous, previous_by_pool)
+        fields["cost"] = {**fields.get("cost", {}), **report.status()}
+        if self.metrics is not None:
+            replicas = {p["pool"]: int(p.get("currentReplicas", 0))
+                        for p in fields.get("placement", [])}
+            usage = {}
+            for pool, gpus in gpus_by_pool.items():
+                price = prices[pool].price_per_gpu_hour if pool in prices else 0.0
+                hours = report.by_pool.get(pool)
+                usage[pool] = PoolUsage(replicas.get(pool, 0), gpus,
+                                        hours.gpu_hours if hours else 0.0, gpus * price)
+            self.metrics.set_pools(md.namespace, md.name, usage)
 
     def _write_status(self, body: Mapping[str, Any], fields: dict[str, Any],
-                      conds: list[c.Cond], generation: int, record: Recorder) -> None:
-        previous = dict(body.get("status") or {})
-        old_conditions = previous.get("conditions") or []
-        merged = c.merge(old_conditions, conds, generation, self.clock())
-        for cond in c.transitions(old_conditions, conds):
-            record("Warning" if _warning(cond) else "Normal", cond.reason,
-                   f"{cond.type} is {cond.status}: {cond.message}")
-        patch: dict[str, Any] = {}
-        for key, value in fields.items():
-            old = previous.get(key)
-            if isinstance(value, dict) and isinstance(old, dict):
-                if any(old.get(k) != v for k, v in value.items()):
-                    patch[key] = value
-            elif old != value:
-                patch[key] = value
-        if merged != old_conditions:
-            patch["conditions"] = merged
-        if not patch:
-            return
+                      conds: list[c.Cond], generation: int) -> int:
+        upd = status.update(body.get("status"), fields, conds, generation, self.clock())
+        for cond in upd.transitions:
+            self.events.record(body, status.event_type(cond), cond.reason,
+                               f"{cond.type} is {cond.status}: {cond.message}")
+        if not upd.patch:
+            return 0
         meta = body["metadata"]
-        self.kube.patch_merge("ModelDeployment", meta["name"], {"status": patch},
-                              namespace=meta["namespace"], subresource="status")
-
-    # ---------------------------------------------------------------- GPUPool
-
-    def refresh_pool(self, body: Mapping[str, Any], record: Recorder) -> None:
-        name = body["metadata"]["name"]
-        fresh = self.kube.get("GPUPool", name)
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            pool = GPUPool.model_validate(fresh)
-        except ValidationError as err:
-            log.warning("GPUPool %s cannot be read: %s", name, err)
-            return
-        state = self.observer.state()
-        status = pool_status(pool, state, self.reserved_gpus(name))
-        fields = status.wire()
-        fields.pop("conditions", None)
-        if status.ready_nodes:
-            cond = c.Cond(c.READY, "True", "NodesReady",
-                          f"{status.ready_nodes}/{status.nodes} nodes Ready with "
-                          f"{status.allocatable_gpus} allocatable GPUs")
-        else:
-            cond = c.Cond(c.READY, "False", "NoReadyNodes", (
-                f"no Ready node matches spec.nodeSelector {dict(pool.spec.node_selector)}"
-                f" ({status.nodes} match)"))
-        self._write_pool_status(fresh, fields, cond, record)
-
-    def reserved_gpus(self, pool: str) -> int:
-        """GPUs committed by admitted CapacityReservations on the pool."""
-        total = 0
-        for item in self.kube.iter("CapacityReservation"):
-            if (item.get("spec") or {}).get("pool") == pool and (
-                    item.get("status") or {}).get("admitted"):
-                total += int(item["spec"].get("gpus", 0))
-        return total
-
-    def _write_pool_status(self, body: Mapping[str, Any], fields: dict[str, Any],
-                           cond: c.Cond, record: Recorder) -> None:
-        previous = dict(body.get("status") or {})
-        old_conditions = previous.get("conditions") or []
-        generation = int(body["metadata"].get("generation", 0))
-        merged = c.merge(old_conditions, [cond], generation, self.clock())
-        for t in c.transitions(old_conditions, [cond]):
-            record("Warning" if _warning(t) else "Normal", t.reason, t.message)
-        patch = {k: v for k, v in fields.items() if previous.get(k) != v}
-        if merged != old_conditions:
-            patch["conditions"] = merged
-        if patch:
-            self.kube.patch_merge("GPUPool", body["metadata"]["name"], {"status": patch},
-                                  subresource="status")
-
-    def modeldeployments_using(self, pool: str) -> list[dict[str, Any]]:
-        return [md for md in self.kube.iter("ModelDeployment")
-                if pool in ((md.get("spec") or {}).get("placement") or {}).get("pools", [])]
+        written = self.kube.patch_merge("ModelDeployment", meta["name"], {"status": upd.patch},
+                                        namespace=meta["namespace"], subresource="status")
+        self.view.observe_write("ModelDeployment", written)
+        return 1

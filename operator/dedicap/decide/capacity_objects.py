@@ -11,10 +11,17 @@ Kubernetes itself holds the line, so it holds while the operator is down:
   get `preemptionPolicy: Never`: borrowing waits for free GPUs and never evicts anyone, not even
   pods below it. Burst sits above the default priority (0) so that ordinary pods that tolerate
   the GPU taint do not evict borrowed replicas either: only a reservation takes GPUs back;
-- **RBAC**: tenants read reservations, pools and their quota, and change none of them.
-  Reservations and pools are cluster-scoped, so reading them needs a ClusterRoleBinding; the
-  built-in `admin`/`edit` roles already grant tenants read-only access to ResourceQuotas, which
-  the namespaced Role repeats for service accounts that hold no built-in role.
+- **RBAC**: a tenant's people reach ModelDeployments through the built-in `view`/`edit`/`admin`
+  roles of their namespace, which the ClusterRoles `dedicap-tenant-view`/`-edit` aggregate into;
+  the tenant namespace's service accounts get `dedicap-tenant-view` through a namespaced
+  RoleBinding the operator writes. Reservations and pools are cluster-scoped, so no namespaced
+  grant can expose them, and none exposes another tenant's: a tenant reads its own figures from
+  its quota and its ModelDeployments' status.
+
+The PriorityClasses and the tenant ClusterRoles are static: the Helm chart ships them (`dedicap
+crds` renders its templates from these functions), and the operator only binds
+`dedicap-tenant-view`, which is all its `bind` permission names, so it cannot hand out anything
+else.
 """
 
 from __future__ import annotations
@@ -38,9 +45,12 @@ BURST_CLASS = "dedicap-burst"
 RESERVED_PRIORITY = 1_000_000
 BURST_PRIORITY = 1_000
 
-TENANT_CLUSTER_ROLE = "dedicap:tenant"
-TENANT_CLUSTER_BINDING = "dedicap:tenants"
-TENANT_ROLE = "dedicap-tenant"
+TENANT_VIEW_ROLE = "dedicap-tenant-view"
+TENANT_EDIT_ROLE = "dedicap-tenant-edit"
+# The RoleBinding in each tenant namespace: its service accounts may read what the namespace's
+# viewers may.
+TENANT_BINDING = TENANT_VIEW_ROLE
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
 
 ANNOTATION_RESERVATIONS = f"{GROUP}/reservations"
 
@@ -90,64 +100,53 @@ def resource_quota(namespace: str, gpus: int, reservations: Iterable[str]) -> di
     }
 
 
-def tenant_cluster_role() -> dict[str, Any]:
-    """Read-only access to the cluster-scoped capacity objects."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": TENANT_CLUSTER_ROLE, "labels": dict(MANAGED_BY)},
-        "rules": [{"apiGroups": [GROUP], "resources": ["capacityreservations", "gpupools"],
-                   "verbs": ["get", "list", "watch"]}],
-    }
-
-
-def tenant_cluster_binding(namespaces: Iterable[str],
-                           extra_groups: Iterable[str] = ()) -> dict[str, Any]:
-    """Binds the read-only ClusterRole to every tenant namespace's service accounts and to the
-    groups the platform names (its tenants' people)."""
-    groups = sorted({f"system:serviceaccounts:{ns}" for ns in namespaces} | set(extra_groups))
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": TENANT_CLUSTER_BINDING, "labels": dict(MANAGED_BY)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": TENANT_CLUSTER_ROLE},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g}
-                     for g in groups],
-    }
-
-
-def tenant_role(namespace: str) -> dict[str, Any]:
-    """Read-only access to the namespace's quota (and nothing to change it)."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": TENANT_ROLE, "namespace": namespace,
-                     "labels": {**MANAGED_BY, COMPONENT_LABEL: "capacity"}},
-        "rules": [{"apiGroups": [""], "resources": ["resourcequotas"],
-                   "verbs": ["get", "list", "watch"]}],
-    }
+def tenant_cluster_roles() -> list[dict[str, Any]]:
+    """What a tenant's viewers and editors may do with dedicap in their namespace, aggregated
+    into the built-in roles (as cert-manager does): `view` reads ModelDeployments and the GPU
+    quota; `edit` and `admin` also create, change, scale and delete ModelDeployments. No verb
+    on status (only the operator writes it), and nothing cluster-scoped."""
+    read = ["get", "list", "watch"]
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": TENANT_VIEW_ROLE, "labels": {
+                **MANAGED_BY, **{f"{AGGREGATE}{r}": "true" for r in ("view", "edit", "admin")}}},
+            "rules": [{"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": read},
+                      {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": read}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": TENANT_EDIT_ROLE, "labels": {
+                **MANAGED_BY, **{f"{AGGREGATE}{r}": "true" for r in ("edit", "admin")}}},
+            "rules": [{"apiGroups": [GROUP], "resources": ["modeldeployments"],
+                       "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+                      {"apiGroups": [GROUP], "resources": ["modeldeployments/scale"],
+                       "verbs": ["get", "update", "patch"]}],
+        },
+    ]
 
 
 def tenant_role_binding(namespace: str) -> dict[str, Any]:
+    """The namespace's service accounts read what its viewers read (their CI, dashboards)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": {"name": TENANT_ROLE, "namespace": namespace,
+        "metadata": {"name": TENANT_BINDING, "namespace": namespace,
                      "labels": {**MANAGED_BY, COMPONENT_LABEL: "capacity"}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TENANT_ROLE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": TENANT_VIEW_ROLE},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
                       "name": f"system:serviceaccounts:{namespace}"}],
     }
 
 
-def tenant_objects(quotas: Mapping[str, tuple[int, Iterable[str]]],
-                   extra_groups: Iterable[str] = ()) -> list[dict[str, Any]]:
+def tenant_objects(quotas: Mapping[str, tuple[int, Iterable[str]]]) -> list[dict[str, Any]]:
     """Every capacity object for the tenant namespaces `{namespace: (gpus, reservations)}`, in a
-    stable order: quota, Role and RoleBinding per namespace, then the cluster-wide read access."""
+    stable order: the quota and the RoleBinding of each namespace."""
     out: list[dict[str, Any]] = []
     for ns in sorted(quotas):
         gpus, names = quotas[ns]
-        out += [resource_quota(ns, gpus, names), tenant_role(ns), tenant_role_binding(ns)]
-    out += [tenant_cluster_role(), tenant_cluster_binding(quotas, extra_groups)]
+        out += [resource_quota(ns, gpus, names), tenant_role_binding(ns)]
     return out

@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from dedicap.decide.forecast import HoltState, holt_forecast, holt_update
-from dedicap.decide.policy_capacity import BatchFit, size_biased_batch, slo_batch_capacity
+from dedicap.decide.policy_capacity import BatchFit, learn_batch_time, slo_batch_capacity
 
 Direction = Literal["up", "down", "hold"]
 
@@ -172,7 +172,13 @@ class PolicyState:
         return d
 
     @staticmethod
-    def from_dict(d: dict[str, Any] | None) -> PolicyState:
+    def from_dict(d: dict[str, Any] | None, *, strict: bool = False) -> PolicyState:
+        """The state `to_dict` wrote. With `strict`, anything else — a wrong type, a number
+        that is not finite or out of range, an overlong list — raises ValueError instead of
+        being coerced: a state read back from storage is input, and a bad one must cost a
+        fresh start, never a wrong decision."""
+        if strict:
+            _check_state(d)
         if not d:
             return PolicyState()
         holt = d.get("holt")
@@ -196,6 +202,53 @@ class PolicyState:
             last_queue=d.get("last_queue"),
             last_queue_t=d.get("last_queue_t"),
         )
+
+
+_MAX_POINTS = 10_000
+
+
+def _number(value: Any, what: str, lo: float = -math.inf, hi: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what}: {value!r} is not a finite number")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what}: {value!r} is outside [{lo:g}, {hi:g}]")
+
+
+def _check_state(d: Any) -> None:
+    """Strict shape and range checks of a stored state (`PolicyState.from_dict`)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"the state is a {type(d).__name__}, not an object")
+    for name, lo, hi in (("gain", 1e-3, 1e3), ("budget", 1e-3, 1e3), ("peak", 0.0, math.inf),
+                         ("saturated_rps", 0.0, math.inf)):
+        if name in d:
+            _number(d[name], name, lo, hi)
+    for name in ("peak_t", "last_jump_t", "last_burst_t", "saturated_t", "since", "last_eval",
+                 "verdict_t", "last_queue", "last_queue_t"):
+        if d.get(name) is not None:
+            _number(d[name], name)
+    for name, keys in (("holt", ("level", "trend", "t")),
+                       ("fit", ("w", "wb", "wbb", "wy", "wby", "max_batch_seen"))):
+        part = d.get(name)
+        if part is None and name == "holt":
+            continue
+        if not isinstance(part, dict) or set(part) - {*keys, "t"}:
+            raise ValueError(f"{name}: {part!r} is not a {name} record")
+        for key in keys:
+            if key in part or name == "holt":
+                _number(part.get(key), f"{name}.{key}")
+        if part.get("t") is not None:
+            _number(part["t"], f"{name}.t")
+    for name, integer in (("recent", False), ("recommendations", True), ("history", True)):
+        points = d.get(name, [])
+        if not isinstance(points, list) or len(points) > _MAX_POINTS:
+            raise ValueError(f"{name}: not a list of at most {_MAX_POINTS} points")
+        for point in points:
+            if not isinstance(point, list) or len(point) != 2:
+                raise ValueError(f"{name}: {point!r} is not a [time, value] pair")
+            _number(point[0], f"{name} time")
+            _number(point[1], f"{name} value", 0.0, 1e6)
+            if integer and not isinstance(point[1], int):
+                raise ValueError(f"{name}: {point[1]!r} is not a whole number")
 
 
 @dataclass(frozen=True)
@@ -348,10 +401,8 @@ def decide(
     fit = state.fit
     b, comp = window.mean_batch_size, window.mean_compute_ms
     served = window.success_rate if _finite(window.success_rate) else offered
-    if _finite(b) and _finite(comp) and b >= 1.0 and comp > 0.0 and served > 0.0:
-        weight = min(1.0, served * window.window_s / 1000.0)  # few requests: a noisy point
-        fit = fit.add(size_biased_batch(b), comp / 1000.0, weight, now,
-                      config.capacity_half_life_s)
+    fit = learn_batch_time(fit, b, comp, served, window.window_s, now,
+                           config.capacity_half_life_s)
     sat_rps, sat_t = state.saturated_rps, state.saturated_t
     queue_now = window.queue_depth if _finite(window.queue_depth) else 0.0
     batch_cap = config.max_batch_size or max(2.0 * (b if _finite(b) else 1.0), 2.0)

@@ -89,6 +89,26 @@ def size_biased_batch(mean_batch: float) -> float:
     return b + 1.0 - 1.0 / b
 
 
+def learn_batch_time(
+    fit: BatchFit, mean_batch: float, mean_compute_ms: float, served_rps: float,
+    window_s: float, t: float, half_life: float,
+) -> BatchFit:
+    """``fit`` with one window's point (mean batch in requests, compute ms per request), as the
+    live policy learns it; a window without a usable point leaves the fit as it is.
+
+    The point weighs by the requests behind it, up to 1,000: a window of a few requests is a
+    noisy point. ``dedicap plan`` learns a deployment's replica from its Prometheus history
+    through this same function.
+    """
+    if not (math.isfinite(mean_batch) and math.isfinite(mean_compute_ms)
+            and math.isfinite(served_rps)):
+        return fit
+    if mean_batch < 1.0 or mean_compute_ms <= 0.0 or served_rps <= 0.0:
+        return fit
+    weight = min(1.0, served_rps * window_s / 1000.0)
+    return fit.add(size_biased_batch(mean_batch), mean_compute_ms / 1000.0, weight, t, half_life)
+
+
 def slo_batch_capacity(
     s0: float, s1: float, max_batch: int | None, target_s: float, max_queue_delay: float,
     max_batch_seen: float,

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dedicap.api.models import API_VERSION, GPUPoolSpec, ModelDeployment
-from dedicap.decide.capacity_objects import BURST_CLASS, RESERVED_CLASS
-from dedicap.decide.placement import Placement, PoolAssignment
-from dedicap.decide.reservations import BURST, LABEL_CAPACITY, LABEL_RESERVATION, RESERVED
+from dedicap.decide.cluster import LABEL_CAPACITY, LABEL_MD, LABEL_POOL, LABEL_RESERVATION
+from dedicap.decide.placement import BURST, RESERVED, RESERVED_CLASS, DeploymentPlan, Placement
 
-LABEL_MD = "dedicap.dev/modeldeployment"
-LABEL_POOL = "dedicap.dev/pool"
+__all__ = ["LABEL_MD", "LABEL_POOL"]
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "dedicap"
 ANNOTATION_MODEL = "dedicap.dev/model"
@@ -47,6 +45,8 @@ class RenderOptions:
     monitoring_namespaces: tuple[str, ...] = ("monitoring",)
     # Whether the monitoring.coreos.com CRDs exist (the controller looks).
     service_monitor: bool = False
+    # Capacity management: replicas run at the reserved / burst priority classes.
+    priority_classes: bool = False
     scrape_interval: str = "15s"
     probe_period_seconds: int = 10
 
@@ -72,11 +72,11 @@ def deployment_name(md_name: str, pool: str, secondary_burst: bool = False) -> s
     return f"{md_name}-{pool}-burst" if secondary_burst else f"{md_name}-{pool}"
 
 
-def capacity_labels(md: ModelDeployment, assignment: PoolAssignment) -> dict[str, str]:
+def capacity_labels(md: ModelDeployment, plan: DeploymentPlan) -> dict[str, str]:
     """Which capacity a replica runs on, read back to account reservation usage."""
-    if assignment.priority_class is None:
+    if plan.priority_class is None:
         return {}
-    labels = {LABEL_CAPACITY: RESERVED if assignment.priority_class == RESERVED_CLASS else BURST}
+    labels = {LABEL_CAPACITY: RESERVED if plan.priority_class == RESERVED_CLASS else BURST}
     if md.spec.reservation:
         labels[LABEL_RESERVATION] = md.spec.reservation
     return labels
@@ -162,13 +162,12 @@ def _probe(path: str, period: int, failures: int, timeout: int = 3) -> dict[str,
     }
 
 
-def pod_template(md: ModelDeployment, assignment: PoolAssignment, pool: GPUPoolSpec,
+def pod_template(md: ModelDeployment, plan: DeploymentPlan, pool: GPUPoolSpec,
                  options: RenderOptions) -> dict[str, Any]:
     spec = md.spec
     model = spec.model.name
     repository, volumes, mounts = model_repository(md)
-    labels = {**common_labels(md), LABEL_POOL: assignment.pool,
-              **capacity_labels(md, assignment)}
+    labels = {**common_labels(md), LABEL_POOL: plan.pool, **capacity_labels(md, plan)}
     annotations = {ANNOTATION_MODEL: model}
     if spec.model.version is not None:
         annotations[ANNOTATION_MODEL_VERSION] = spec.model.version
@@ -246,32 +245,31 @@ def pod_template(md: ModelDeployment, assignment: PoolAssignment, pool: GPUPoolS
             *volumes,
         ],
     }
-    if assignment.priority_class:
-        pod_spec["priorityClassName"] = assignment.priority_class
+    if plan.priority_class:
+        pod_spec["priorityClassName"] = plan.priority_class
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
 
-def render_deployment(md: ModelDeployment, assignment: PoolAssignment, pool: GPUPoolSpec,
-                      options: RenderOptions, secondary_burst: bool = False) -> dict[str, Any]:
-    labels = {**common_labels(md), LABEL_POOL: assignment.pool}
-    selector = {**selector_labels(md.name), LABEL_POOL: assignment.pool}
-    if secondary_burst:
+def render_deployment(md: ModelDeployment, plan: DeploymentPlan, pool: GPUPoolSpec,
+                      options: RenderOptions) -> dict[str, Any]:
+    labels = {**common_labels(md), LABEL_POOL: plan.pool}
+    selector = {**selector_labels(md.name), LABEL_POOL: plan.pool}
+    if plan.secondary:
         # Beside `<md>-<pool>` on the same pool: its selector must not take the other's pods.
         selector[LABEL_CAPACITY] = BURST
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(md, deployment_name(md.name, assignment.pool, secondary_burst),
-                              labels),
+        "metadata": _metadata(md, deployment_name(md.name, plan.pool, plan.secondary), labels),
         "spec": {
-            "replicas": assignment.replicas,
+            "replicas": plan.replicas,
             "selector": {"matchLabels": selector},
             # GPUs are scarce: surge one replica at a time and never drop below the count.
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": md.spec.triton.startup_timeout_seconds + 300,
-            "template": pod_template(md, assignment, pool, options),
+            "template": pod_template(md, plan, pool, options),
         },
     }
 
@@ -370,13 +368,11 @@ def render(md: ModelDeployment, placement: Placement, pools: Mapping[str, GPUPoo
     if not md.name or not md.namespace or not md.uid:
         raise ValueError("render needs metadata.name, metadata.namespace and metadata.uid")
     options = options or RenderOptions()
-    missing = [a.pool for a in placement.assignments if a.pool not in pools]
+    plans = placement.deployments(options.priority_classes)
+    missing = [p.pool for p in plans if p.pool not in pools]
     if missing:
         raise ValueError(f"placement names pools without a spec: {missing}")
-    reserved_pools = {a.pool for a in placement.assignments if a.priority_class == RESERVED_CLASS}
-    children = [render_deployment(md, a, pools[a.pool], options,
-                                  a.priority_class == BURST_CLASS and a.pool in reserved_pools)
-                for a in placement.assignments]
+    children = [render_deployment(md, p, pools[p.pool], options) for p in plans]
     children += [render_service(md), render_pdb(md), render_network_policy(md, options)]
     if options.service_monitor:
         children.append(render_service_monitor(md, options))

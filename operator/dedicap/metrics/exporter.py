@@ -86,14 +86,6 @@ class OperatorMetrics:
             "dedicap_build_info", "Always 1; the operator's version (absent: no operator "
             "is scraped).", ["version"], registry=r)
         self.build_info.labels(_version()).set(1)
-        self.reconcile_seconds = Histogram(
-            "dedicap_reconcile_duration_seconds",
-            "Time of one ModelDeployment reconcile (observe, place, render, apply, status).",
-            buckets=EVALUATION_BUCKETS, registry=r)
-        self.api_errors = Counter(
-            "dedicap_kube_api_errors",
-            "Kubernetes API requests that failed, by verb and HTTP status (`error`: no answer).",
-            ["verb", "code"], registry=r)
         self.desired_replicas = Gauge(
             "dedicap_modeldeployment_desired_replicas", "Replicas asked for (spec.replicas).",
             MD_LABELS, registry=r)
@@ -156,6 +148,19 @@ class OperatorMetrics:
             "dedicap_reservation_admitted",
             "1 when the reservation is admitted (its pool has room for it), else 0.",
             ["pool", "reservation"], registry=r)
+        self.reconcile_seconds = Histogram(
+            "dedicap_reconcile_duration_seconds",
+            "Time of one ModelDeployment reconcile (read the view, place, render, apply, "
+            "status).", buckets=EVALUATION_BUCKETS, registry=r)
+        self.api_requests = Counter(
+            "dedicap_api_requests",
+            "Requests to the Kubernetes API by verb and answer (code 0: no answer, e.g. the API "
+            "server is down).", ["verb", "code"], registry=r)
+        self.watch_restarts = Counter(
+            "dedicap_watch_restarts",
+            "Watches of the shared cache started again, by kind and cause (relist: listed "
+            "again; reconnect: resumed after a broken connection).", ["kind", "cause"],
+            registry=r)
         self._md_metrics: tuple[MetricWrapperBase, ...] = (
             self.desired_replicas, self.ready_replicas, self.error_ratio, self.request_rate,
             self.metrics_available, self.latency_objective, self.error_ratio_objective)
@@ -184,17 +189,18 @@ class OperatorMetrics:
     def record_query_error(self, kind: str) -> None:
         self.query_errors.labels(kind).inc()
 
+    def observe_reconcile(self, seconds: float) -> None:
+        self.reconcile_seconds.observe(seconds)
+
+    def observe_api(self, method: str, path: str, status: int) -> None:
+        """`Kube.observers` hook: count one API request (the path is left out: it names
+        objects, and every distinct value would be a new series)."""
+        self.api_requests.labels(method, str(status)).inc()
+
     def time_evaluation(self) -> Timer:
         """A context manager that observes one evaluation's duration."""
         return self.evaluation_seconds.time()
 
-    def time_reconcile(self) -> Timer:
-        """A context manager that observes one ModelDeployment reconcile's duration."""
-        return self.reconcile_seconds.time()
-
-    def record_api_error(self, verb: str, code: int | str) -> None:
-        """Count a failed Kubernetes API request (`code`: the HTTP status, or `error`)."""
-        self.api_errors.labels(verb.upper(), str(code)).inc()
 
     def set_modeldeployment(self, namespace: str, modeldeployment: str, *, desired_replicas: int,
                             ready_replicas: int, metrics_available: bool,

@@ -1,4 +1,5 @@
-"""A small client for Prometheus' HTTP API (instant queries), with timeouts and bounded retries.
+"""A small client for Prometheus' HTTP API (instant and range queries), with timeouts and bounded
+retries.
 
 No global state: every :class:`PrometheusClient` owns its HTTP session, and its address comes
 from configuration (a flag, the ``DEDICAP_PROMETHEUS_URL`` environment variable, the Helm value
@@ -66,10 +67,14 @@ class Sample:
 
 @dataclass(frozen=True)
 class Series:
-    """One element of a range vector: its labels and (unix time, value) points."""
+    """One series of a range query: its labels and its (unix time, value) points."""
 
     labels: Mapping[str, str]
-    points: list[tuple[float, float]]
+    points: tuple[tuple[float, float], ...]
+
+
+# Prometheus refuses a range query of more than 11,000 points per series.
+MAX_POINTS_PER_QUERY = 10_000
 
 
 def resolve_url(flag: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -152,6 +157,28 @@ class PrometheusClient:
         raise QueryError(expr, "unexpected_result",
                          f"expected an instant vector or a scalar, got a {kind}")
 
+    def query_range(self, expr: str, start: float, end: float, step_s: float) -> list[Series]:
+        """Evaluate `expr` every `step_s` seconds from `start` to `end` (unix times).
+
+        Long ranges are asked for in pieces of at most MAX_POINTS_PER_QUERY steps and joined;
+        a series has no point where Prometheus had no data (the caller sees the gap)."""
+        if step_s <= 0 or end < start:
+            raise ValueError("a range query needs step_s > 0 and end >= start")
+        merged: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+        piece_start = start
+        while piece_start <= end:
+            piece_end = min(end, piece_start + (MAX_POINTS_PER_QUERY - 1) * step_s)
+            form = {"query": expr, "start": f"{piece_start:.3f}", "end": f"{piece_end:.3f}",
+                    "step": f"{step_s:g}", "timeout": f"{self.timeout_s:g}s"}
+            kind, result = self._post("/api/v1/query_range", form, expr)
+            if kind != "matrix":
+                raise QueryError(expr, "unexpected_result", f"expected a matrix, got a {kind}")
+            for item in result:
+                key = tuple(sorted(dict(item.get("metric", {})).items()))
+                merged.setdefault(key, []).extend(_parse_value(v) for v in item["values"])
+            piece_start = piece_end + step_s
+        return [Series(labels=dict(k), points=tuple(v)) for k, v in merged.items()]
+
     def query_scalar(self, expr: str, at: float | None = None) -> float:
         """A single number: a scalar, or a vector of one sample; NaN for an empty vector."""
         samples = self.query(expr, at)
@@ -161,18 +188,6 @@ class PrometheusClient:
             raise QueryError(expr, "unexpected_result",
                              f"expected one sample, got {len(samples)}")
         return samples[0].value
-
-    def query_range(self, expr: str, start: float, end: float, step_s: float) -> list[Series]:
-        """Evaluate `expr` at every `step_s` from `start` to `end` (unix times), as Grafana and
-        Prometheus' graph page do."""
-        form = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
-                "step": f"{step_s:g}", "timeout": f"{self.timeout_s:g}s"}
-        kind, result = self._request("query_range", form, expr)
-        if kind != "matrix":
-            raise QueryError(expr, "unexpected_result", f"expected a range vector, got a {kind}")
-        return [Series(labels=dict(item.get("metric", {})),
-                       points=[_parse_value(pair) for pair in item.get("values", [])])
-                for item in result]
 
     def ready(self) -> bool:
         """True if Prometheus answers its readiness endpoint now (one attempt, no retries)."""
@@ -187,10 +202,10 @@ class PrometheusClient:
         form: dict[str, str] = {"query": expr, "timeout": f"{self.timeout_s:g}s"}
         if at is not None:
             form["time"] = f"{at:.3f}"
-        return self._request("query", form, expr)
+        return self._post("/api/v1/query", form, expr)
 
-    def _request(self, endpoint: str, form: Mapping[str, str], expr: str) -> tuple[str, Any]:
-        url = f"{self.base_url}/api/v1/{endpoint}"
+    def _post(self, path: str, form: Mapping[str, str], expr: str) -> tuple[str, Any]:
+        url = f"{self.base_url}{path}"
         attempts = 1 + self.retries
         cause = ""
         for attempt in range(attempts):

@@ -18,6 +18,11 @@ What Triton 2.51's counters mean (checked against a real server, see docs/metric
 - ``nv_inference_request_summary_us{quantile}`` is a per-process summary over Triton's own
   sliding window (not the query window); it reads NaN while the model is idle.
 
+Every aggregation keeps the ModelDeployment's labels (``by (namespace, modeldeployment)``), so the
+same expressions answer for one ModelDeployment (a :class:`Target`) or for many at once (a
+:class:`Selection`): the autoscaler asks once per signal for every ModelDeployment due, and tells
+the answers apart by those labels.
+
 Summaries cannot be averaged across pods. The combined quantile is the *maximum* over pods,
 which is an upper bound of the quantile of all requests together: if every pod serves at most
 (1-q) of its requests slower than x, so do all pods together.
@@ -26,6 +31,7 @@ which is an upper bound of the quantile of all requests together: if every pod s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -131,111 +137,148 @@ class Target:
         return f"{metric}{{{self.matchers(*extra)}}}"
 
 
-def _rate(target: Target, metric: str, window: str, *extra: str) -> str:
+def _regex(values: list[str]) -> str:
+    """An anchored PromQL regular expression matching exactly `values`."""
+    return "|".join(re.escape(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The series of several ModelDeployments (`(namespace, name)` pairs). The matchers select
+    every pair's series and possibly others (namespaces x names): readers keep the pairs they
+    asked for."""
+
+    pairs: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise ValueError("a Selection needs at least one ModelDeployment")
+
+    def matchers(self, *extra: str) -> str:
+        parts = []
+        for label, values in ((LABEL_NAMESPACE, sorted({ns for ns, _ in self.pairs})),
+                              (LABEL_MODELDEPLOYMENT, sorted({n for _, n in self.pairs}))):
+            if len(values) == 1:
+                parts.append(f'{label}="{escape(values[0])}"')
+            else:
+                parts.append(f'{label}=~"{escape(_regex(values))}"')
+        return ",".join([*parts, *extra])
+
+    def selector(self, metric: str, *extra: str) -> str:
+        return f"{metric}{{{self.matchers(*extra)}}}"
+
+
+Scope = Target | Selection
+# Every aggregation keeps these: one answer per ModelDeployment.
+BY_MD = f"{LABEL_NAMESPACE}, {LABEL_MODELDEPLOYMENT}"
+BY_POD = f"{BY_MD}, {LABEL_POD}"
+
+
+def _rate(target: Scope, metric: str, window: str, *extra: str) -> str:
     return f"rate({target.selector(metric, *extra)}[{window}])"
 
 
-def _per_success_ms(target: Target, duration_metric: str, window: str) -> str:
+def _per_success_ms(target: Scope, duration_metric: str, window: str) -> str:
     # Duration counters sum over successful requests only: divide by the success counter.
     # 0/0 (no request in the window) is NaN, which the reader maps to "unknown".
-    return (f"sum({_rate(target, duration_metric, window)}) / "
-            f"sum({_rate(target, SUCCESS, window)}) / 1000")
+    return (f"sum by ({BY_MD}) ({_rate(target, duration_metric, window)}) / "
+            f"sum by ({BY_MD}) ({_rate(target, SUCCESS, window)}) / 1000")
 
 
-def request_rate(target: Target, window_s: float) -> str:
+def request_rate(target: Scope, window_s: float) -> str:
     """Offered requests per second: successes and failures of every reason."""
     names = f'__name__=~"{SUCCESS}|{FAILURE}"'
-    return f"sum(rate({{{target.matchers(names)}}}[{duration(window_s)}]))"
+    return f"sum by ({BY_MD}) (rate({{{target.matchers(names)}}}[{duration(window_s)}]))"
 
 
-def success_rate(target: Target, window_s: float) -> str:
-    return f"sum({_rate(target, SUCCESS, duration(window_s))})"
+def success_rate(target: Scope, window_s: float) -> str:
+    return f"sum by ({BY_MD}) ({_rate(target, SUCCESS, duration(window_s))})"
 
 
-def failure_rate_by_reason(target: Target, window_s: float) -> str:
+def failure_rate_by_reason(target: Scope, window_s: float) -> str:
     """Failed requests per second by ``reason`` (REJECTED, BACKEND, CANCELED, OTHER)."""
-    return f"sum by (reason) ({_rate(target, FAILURE, duration(window_s))})"
+    return f"sum by ({BY_MD}, reason) ({_rate(target, FAILURE, duration(window_s))})"
 
 
-def mean_latency_ms(target: Target, window_s: float) -> str:
+def mean_latency_ms(target: Scope, window_s: float) -> str:
     """Mean end-to-end time of a successful request inside Triton, in milliseconds."""
     return _per_success_ms(target, REQUEST_DURATION, duration(window_s))
 
 
-def mean_queue_ms(target: Target, window_s: float) -> str:
+def mean_queue_ms(target: Scope, window_s: float) -> str:
     """Mean time a successful request waited in Triton's queue, in milliseconds."""
     return _per_success_ms(target, QUEUE_DURATION, duration(window_s))
 
 
-def mean_compute_ms(target: Target, window_s: float) -> str:
+def mean_compute_ms(target: Scope, window_s: float) -> str:
     """Mean compute time per successful request (= of the batch it ran in), in milliseconds."""
     return _per_success_ms(target, COMPUTE_INFER_DURATION, duration(window_s))
 
 
-def mean_batch_size(target: Target, window_s: float) -> str:
+def mean_batch_size(target: Scope, window_s: float) -> str:
     """Mean rows per model execution: inferences / executions."""
     window = duration(window_s)
-    return (f"sum({_rate(target, INFERENCE_COUNT, window)}) / "
-            f"sum({_rate(target, EXEC_COUNT, window)})")
+    return (f"sum by ({BY_MD}) ({_rate(target, INFERENCE_COUNT, window)}) / "
+            f"sum by ({BY_MD}) ({_rate(target, EXEC_COUNT, window)})")
 
 
-def mean_request_rows(target: Target, window_s: float) -> str:
+def mean_request_rows(target: Scope, window_s: float) -> str:
     """Mean rows per successful request: inferences / successes (1 for unbatched clients).
 
     A batch of ``mean_batch_size`` rows holds ``mean_batch_size / mean_request_rows`` requests.
     """
     window = duration(window_s)
-    return (f"sum({_rate(target, INFERENCE_COUNT, window)}) / "
-            f"sum({_rate(target, SUCCESS, window)})")
+    return (f"sum by ({BY_MD}) ({_rate(target, INFERENCE_COUNT, window)}) / "
+            f"sum by ({BY_MD}) ({_rate(target, SUCCESS, window)})")
 
 
-def queue_depth(target: Target) -> str:
+def queue_depth(target: Scope) -> str:
     """Requests waiting in Triton's queues now, summed over pods."""
-    return f"sum({target.selector(PENDING)})"
+    return f"sum by ({BY_MD}) ({target.selector(PENDING)})"
 
 
-def pod_quantile_ms(target: Target, percentile: float) -> str:
+def pod_quantile_ms(target: Scope, percentile: float) -> str:
     """Each pod's request latency at `percentile`, in ms; idle pods (NaN) are left out.
 
     ``>= 0`` drops NaN (every comparison with NaN is false) and keeps every real duration. A pod
     serving several models reports its slowest.
     """
     quantile = f'quantile=~"{quantile_regex(percentile)}"'
-    return f"max by ({LABEL_POD}) ({target.selector(REQUEST_SUMMARY, quantile)} >= 0) / 1000"
+    return f"max by ({BY_POD}) ({target.selector(REQUEST_SUMMARY, quantile)} >= 0) / 1000"
 
 
-def quantile_ms(target: Target, percentile: float) -> str:
+def quantile_ms(target: Scope, percentile: float) -> str:
     """The combined latency at `percentile`, in ms: the maximum of the pods' quantiles."""
-    return f"max({pod_quantile_ms(target, percentile)})"
+    return f"max by ({BY_MD}) ({pod_quantile_ms(target, percentile)})"
 
 
-def pod_request_rate(target: Target, window_s: float) -> str:
+def pod_request_rate(target: Scope, window_s: float) -> str:
     """Offered requests per second by pod (to see imbalance and which pods carry the load)."""
     names = f'__name__=~"{SUCCESS}|{FAILURE}"'
-    return f"sum by ({LABEL_POD}) (rate({{{target.matchers(names)}}}[{duration(window_s)}]))"
+    return f"sum by ({BY_POD}) (rate({{{target.matchers(names)}}}[{duration(window_s)}]))"
 
 
-def pods_reporting(target: Target) -> str:
+def pods_reporting(target: Scope) -> str:
     """Pods with a current (not stale) Triton sample."""
-    return f"count(count by ({LABEL_POD}) ({target.selector(SUCCESS)}))"
+    return f"count by ({BY_MD}) (count by ({BY_POD}) ({target.selector(SUCCESS)}))"
 
 
-def pods_down(target: Target) -> str:
+def pods_down(target: Scope) -> str:
     """Targets whose last scrape failed (``up == 0``); empty when there are none."""
-    return f"count({target.selector('up')} == 0)"
+    return f"count by ({BY_MD}) ({target.selector('up')} == 0)"
 
 
-def newest_sample(target: Target) -> str:
+def newest_sample(target: Scope) -> str:
     """Unix time of the newest Triton sample of the ModelDeployment (for the staleness check)."""
-    return f"max(timestamp({target.selector(SUCCESS)}))"
+    return f"max by ({BY_MD}) (timestamp({target.selector(SUCCESS)}))"
 
 
-def gpu_utilization(target: Target) -> str:
+def gpu_utilization(target: Scope) -> str:
     """Mean GPU utilization (0..1) over the pods' GPUs; absent on CPU-only replicas."""
-    return f"avg({target.selector(GPU_UTILIZATION)})"
+    return f"avg by ({BY_MD}) ({target.selector(GPU_UTILIZATION)})"
 
 
-def signals(target: Target, window_s: float, percentile: float) -> dict[Signal, str]:
+def signals(target: Scope, window_s: float, percentile: float) -> dict[Signal, str]:
     """Every signal's expression for one ModelDeployment."""
     return {
         Signal.REQUEST_RATE: request_rate(target, window_s),
@@ -262,7 +305,7 @@ def tagged(expr: str, signal: Signal | str) -> str:
     return f'label_replace({expr}, "{LABEL_SIGNAL}", "{escape(str(signal))}", "", "")'
 
 
-def combined(target: Target, window_s: float, percentile: float) -> str:
+def combined(target: Scope, window_s: float, percentile: float) -> str:
     """All signals in one expression, so a snapshot costs one HTTP query.
 
     Each signal is tagged with its own ``signal`` label, so ``or`` keeps every series of every

@@ -1,7 +1,9 @@
-"""One ModelDeployment's Triton signals at one moment: :func:`observe` -> :class:`MetricsSnapshot`.
+"""ModelDeployments' Triton signals at one moment: :func:`observe` (one ModelDeployment) and
+:func:`observe_many` (several) -> :class:`MetricsSnapshot`.
 
-A snapshot costs one HTTP query (the signals of ``promql.combined``, told apart by their
-``signal`` label). It never raises for an expected outage: Prometheus unreachable, a refused
+One HTTP query answers for any number of ModelDeployments (the signals of ``promql.combined``,
+told apart by their ``signal`` label, and the ModelDeployments by ``namespace`` and
+``modeldeployment``). It never raises for an expected outage: Prometheus unreachable, a refused
 query, no pod reporting, stale or too few samples all give ``available=False`` with a short
 machine-readable ``problem`` and a human-readable ``reason`` for the status condition.
 """
@@ -110,6 +112,35 @@ def observe(client: QueryClient, namespace: str, modeldeployment: str, window_s:
         return _unavailable(base, PROBLEM_QUERY,
                             f"Prometheus rejected the query ({err.error_type}: {err.error})")
     return from_samples(samples, base, max_age_s=stale_after_intervals * scrape_interval_s)
+
+
+def observe_many(client: QueryClient, keys: Iterable[tuple[str, str]], window_s: float,
+                 now: float, *, percentile: float = 95.0, scrape_interval_s: float = 15.0,
+                 stale_after_intervals: float = 3.0) -> dict[tuple[str, str], MetricsSnapshot]:
+    """`observe` for several ModelDeployments (`(namespace, name)` pairs) in one query: each
+    gets the snapshot `observe` would give it. An outage or a refused query makes every
+    snapshot unavailable with the same problem."""
+    wanted = sorted(set(keys))
+    base = MetricsSnapshot(available=False, queried_at=now, window_s=window_s,
+                           percentile=percentile)
+    if not wanted:
+        return {}
+    expr = promql.combined(promql.Selection(tuple(wanted)), window_s, percentile)
+    try:
+        samples = client.query(expr, at=now)
+    except PrometheusUnavailable as err:
+        return {k: _unavailable(base, PROBLEM_UNAVAILABLE, str(err)) for k in wanted}
+    except QueryError as err:
+        reason = f"Prometheus rejected the query ({err.error_type}: {err.error})"
+        return {k: _unavailable(base, PROBLEM_QUERY, reason) for k in wanted}
+    grouped: dict[tuple[str, str], list[Sample]] = {k: [] for k in wanted}
+    for sample in samples:
+        key = (sample.labels.get(promql.LABEL_NAMESPACE, ""),
+               sample.labels.get(promql.LABEL_MODELDEPLOYMENT, ""))
+        if key in grouped:
+            grouped[key].append(sample)
+    max_age = stale_after_intervals * scrape_interval_s
+    return {k: from_samples(v, base, max_age_s=max_age) for k, v in grouped.items()}
 
 
 def _unavailable(base: MetricsSnapshot, problem: str, reason: str) -> MetricsSnapshot:

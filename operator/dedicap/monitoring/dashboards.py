@@ -38,6 +38,8 @@ RATE = "$__rate_interval"
 _SENTINEL_S = 3_999_999  # a window the promql builders format as "3999999s", then replaced
 MD_TARGET = promql.Target("$namespace", "$modeldeployment")
 MD_MATCH = 'namespace="$namespace",modeldeployment="$modeldeployment"'
+# Requests the API server did not answer with 2xx (code 0: no answer at all).
+API_ERRORS = 'dedicap_api_requests_total{code!~"2.."}'
 
 
 def windowed(build: Callable[[promql.Target, float], str], target: promql.Target = MD_TARGET
@@ -232,7 +234,8 @@ def operator() -> db.Dashboard:
         "sum(increase(dedicap_prometheus_query_errors_total[$__range])) or vector(0)"),
         width=6))
     d = d.with_panel(_stat("API errors (range)", "none", Query(
-        "sum(increase(dedicap_kube_api_errors_total[$__range])) or vector(0)"), width=6))
+        f"sum(increase({API_ERRORS}[$__range])) or vector(0)"),
+        description="Kubernetes API answers other than 2xx (code 0: no answer).", width=6))
     for title, metric in (("Reconcile latency", "dedicap_reconcile_duration_seconds"),
                           ("Autoscaling evaluation latency",
                            "dedicap_evaluation_duration_seconds")):
@@ -245,7 +248,7 @@ def operator() -> db.Dashboard:
     d = d.with_panel(_ts("Prometheus query errors", "none", Query(
         f"sum by (kind) (increase(dedicap_prometheus_query_errors_total[{RATE}]))", "{{kind}}")))
     d = d.with_panel(_ts("Kubernetes API errors", "none", Query(
-        f"sum by (verb, code) (increase(dedicap_kube_api_errors_total[{RATE}])) or vector(0)",
+        f"sum by (verb, code) (increase({API_ERRORS}[{RATE}])) or vector(0)",
         "{{verb}} {{code}}"), width=24))
     return d
 

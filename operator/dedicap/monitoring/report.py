@@ -151,11 +151,11 @@ def _pct(x: float) -> str:
     return "n/a (no traffic)" if math.isnan(x) else f"{x:.1%}"
 
 
-def _points(series: list[Series]) -> list[tuple[float, float]]:
-    return series[0].points if series else []
+def _points(series: list[Series]) -> Sequence[tuple[float, float]]:
+    return series[0].points if series else ()
 
 
-def steps(points: list[tuple[float, float]]) -> list[tuple[float, float, float]]:
+def steps(points: Sequence[tuple[float, float]]) -> list[tuple[float, float, float]]:
     """(time, from, to) of every change of a step series."""
     out = []
     for (_, a), (t, b) in itertools.pairwise(points):

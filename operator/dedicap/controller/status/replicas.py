@@ -1,9 +1,10 @@
-"""A ModelDeployment's status from what exists: its Deployments and pods, the placement and any
-problem with the spec. Pure (the clock comes in as `now`), so every condition is unit-tested.
+"""A ModelDeployment's replica status from what exists: its Deployments and pods, the placement
+and any problem with the spec. Pure, so every condition is unit-tested.
 
-The operator owns these status fields; others (the autoscaler's `observed`, `lastScale`,
-conditions MetricsAvailable and SLOMet) are left untouched by its patch. `cost` is the
-accountant's (controller/accounting.py), merged into the same patch by the caller.
+The reconcile owns these fields and the conditions Ready, Progressing, Degraded and
+CapacityConstrained; the autoscaler's (`observed`, `lastScale`, `autoscaler`, MetricsAvailable,
+SLOMet) are left untouched by its patch. `cost` is the accountant's (controller/accounting.py),
+merged into the same patch by the caller.
 """
 
 from __future__ import annotations
@@ -12,15 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dedicap.api import conditions as c
 from dedicap.api.models import GPUPoolSpec, ModelDeployment
-from dedicap.controller import conditions as c
-from dedicap.controller.observe import pod_gpus
+from dedicap.decide.cluster import PodInfo, pod_gpus
 from dedicap.decide.placement import Placement
 from dedicap.decide.render import LABEL_POOL, selector_string
-
-# Container waiting reasons that mean "this will not get better by itself".
-STUCK_REASONS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError",
-                 "CreateContainerConfigError", "InvalidImageName")
 
 
 @dataclass(frozen=True)
@@ -75,28 +72,15 @@ class DeploymentView:
 
 @dataclass(frozen=True)
 class PodProblems:
-    unschedulable: tuple[str, ...]  # scheduler messages
+    unschedulable: tuple[str, ...]  # "pod: the scheduler's message"
     stuck: tuple[str, ...]  # "pod: reason: message"
 
     @staticmethod
-    def of(pods: Sequence[Mapping[str, Any]]) -> PodProblems:
-        unschedulable: list[str] = []
-        stuck: list[str] = []
-        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
-            name = pod["metadata"]["name"]
-            if (pod.get("metadata") or {}).get("deletionTimestamp"):
-                continue
-            status = pod.get("status") or {}
-            for cond in status.get("conditions") or []:
-                if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
-                        and cond.get("reason") == "Unschedulable"):
-                    unschedulable.append(f"{name}: {cond.get('message', '')}".strip())
-            for cs in status.get("containerStatuses") or []:
-                waiting = (cs.get("state") or {}).get("waiting") or {}
-                if waiting.get("reason") in STUCK_REASONS:
-                    stuck.append(f"{name}: {waiting['reason']}: {waiting.get('message', '')}"
-                                 .rstrip(": "))
-        return PodProblems(tuple(unschedulable), tuple(stuck))
+    def of(pods: Sequence[PodInfo]) -> PodProblems:
+        live = sorted((p for p in pods if not p.terminating), key=lambda p: p.name)
+        return PodProblems(
+            tuple(f"{p.name}: {p.unschedulable}".strip() for p in live if p.unschedulable),
+            tuple(s for p in live for s in p.stuck))
 
 
 @dataclass(frozen=True)
@@ -113,11 +97,11 @@ def _limit(items: Sequence[str], n: int = 3) -> str:
 
 
 def compute(md: ModelDeployment, placement: Placement | None, problem: Problem | None,
-            deployments: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]],
+            deployments: Sequence[Mapping[str, Any]], pods: Sequence[PodInfo],
             pools: Mapping[str, GPUPoolSpec], waiting_to_delete: Sequence[str] = ()
             ) -> StatusReport:
     views = sorted((DeploymentView.of(d) for d in deployments), key=lambda v: v.name)
-    placed_pools = set(placement.pools) if placement else set()
+    placed_pools = {a.pool for a in placement.assignments} if placement else set()
     current = [v for v in views if v.pool in placed_pools]
     wanted = placement.wanted if placement else md.spec.desired_replicas()
     replicas = sum(v.replicas for v in views)
@@ -142,7 +126,7 @@ def compute(md: ModelDeployment, placement: Placement | None, problem: Problem |
     prices = {name: spec.price_per_gpu_hour for name, spec in pools.items()}
     hourly = sum(v.replicas * v.gpus_per_replica * prices.get(v.pool, 0.0) for v in views)
     currencies = {pools[v.pool].currency for v in views if v.pool in pools}
-    in_use = [a.pool for a in placement.assignments if a.replicas] if placement else []
+    in_use = list(placement.pools_in_use) if placement else []
     fields: dict[str, Any] = {
         "observedGeneration": md.generation,
         "replicas": replicas,
@@ -213,7 +197,7 @@ def compute(md: ModelDeployment, placement: Placement | None, problem: Problem |
     # CapacityConstrained: the pools cannot hold what is wanted.
     if placement is not None and unplaced > 0:
         conds.append(c.Cond(c.CAPACITY_CONSTRAINED, "True",
-                            placement.constraint_reason or "InsufficientGPUs", (
+                            placement.reason or "InsufficientGPUs", (
             f"{placement.explain()}; free GPUs, add pools to spec.placement.pools or lower "
             "spec.replicas")))
     elif pod_problems.unschedulable:
@@ -228,7 +212,7 @@ def compute(md: ModelDeployment, placement: Placement | None, problem: Problem |
 
 
 def no_eligible_pool(placement: Placement) -> Problem:
-    details = "; ".join(f"{v.pool}: {v.message}" for v in placement.verdicts)
-    reasons = {v.reason for v in placement.verdicts}
+    details = "; ".join(placement.describe_pools())
+    reasons = {r.reason for r in placement.pools}
     reason = reasons.pop() if len(reasons) == 1 else "NoEligiblePool"
     return Problem(reason, f"no pool in spec.placement.pools can run a replica ({details})")

@@ -1,5 +1,5 @@
-"""Pure pieces of the autoscaler's edge: what it reads turned into the policy's input, and the
-policy's answer turned into status, conditions and reason codes.
+"""The autoscaler's status: the policy's answer and the metrics behind it turned into
+`status.observed`, `status.lastScale`, conditions and reason codes. Pure.
 
 Condition ownership. The reconciler owns Ready and Progressing and writes Degraded and
 CapacityConstrained from what the children show (a stuck pod, an unplaceable replica). The
@@ -17,16 +17,14 @@ reconciler does not overwrite them with its "nothing wrong" False (`keep_autosca
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from dedicap.api import conditions as c
 from dedicap.api.models import AutoscalingSpec
-from dedicap.controller import conditions as c
 from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig
 from dedicap.metrics.snapshot import MetricsSnapshot
-
-ANNOTATION_STATE = "dedicap.dev/autoscaler-state"
 
 BACKEND_ERRORS = "BackendErrors"
 REPLICA_LIMIT = "ReplicaLimitReached"
@@ -35,6 +33,7 @@ AUTOSCALER_REASONS: Mapping[str, frozenset[str]] = {
     c.CAPACITY_CONSTRAINED: frozenset({REPLICA_LIMIT}),
 }
 NO_PROMETHEUS = "NoPrometheusConfigured"
+EVALUATION_FAILED = "EvaluationFailed"
 
 # Reason codes of decisions (metric label, status.lastScale.reason, Event reason suffix): a
 # fixed set, never free text.
@@ -56,58 +55,6 @@ def _finite(x: float | None) -> bool:
 
 def _or_none(x: float, digits: int) -> float | None:
     return round(max(x, 0.0), digits) if _finite(x) else None
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def replica_counts(pods: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
-    """(ready, starting) replicas among a ModelDeployment's pods. Terminating and finished pods
-    count as neither; any other pod that is not Ready yet is starting (pending included: it is
-    on its way, and counting it keeps the policy from stacking another step on top)."""
-    ready = starting = 0
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        status = pod.get("status") or {}
-        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
-            continue
-        is_ready = any(cd.get("type") == "Ready" and cd.get("status") == "True"
-                       for cd in status.get("conditions") or [])
-        if is_ready and status.get("phase") == "Running":
-            ready += 1
-        else:
-            starting += 1
-    return ready, starting
-
-
-def observation_window(snap: MetricsSnapshot, *, ready: int, starting: int,
-                       current: int) -> ObservationWindow:
-    """The policy's view of a snapshot. An unavailable snapshot has no timestamp, so the
-    policy holds (it never acts on figures the snapshot says must not be trusted)."""
-    if not snap.available:
-        return ObservationWindow(timestamp=None, window_s=snap.window_s, ready_replicas=ready,
-                                 starting_replicas=starting, current_replicas=current)
-    # Triton counts a batch in rows; the policy's batch is in requests.
-    batch = snap.mean_batch_size
-    if _finite(snap.mean_request_rows) and snap.mean_request_rows > 0 and _finite(batch):
-        batch = batch / snap.mean_request_rows
-    return ObservationWindow(
-        timestamp=snap.timestamp,
-        window_s=snap.window_s,
-        request_rate=snap.request_rate,
-        success_rate=snap.success_rate,
-        rejected_rate=snap.rejected_rate,
-        backend_failure_rate=snap.backend_failure_rate,
-        mean_latency_ms=snap.mean_latency_ms,
-        latency_quantile_ms=snap.latency_quantile_ms,
-        queue_depth=snap.queue_depth,
-        mean_queue_ms=snap.mean_queue_ms,
-        mean_compute_ms=snap.mean_compute_ms,
-        mean_batch_size=batch,
-        ready_replicas=ready,
-        starting_replicas=starting,
-        current_replicas=current,
-    )
 
 
 # ----------------------------------------------------------------------------- status fields
@@ -175,9 +122,10 @@ def reason_code(decision: Decision, window: ObservationWindow, config: PolicyCon
 
 def metrics_condition(snap: MetricsSnapshot) -> c.Cond:
     if snap.available:
-        age = snap.queried_at - snap.timestamp if snap.timestamp is not None else math.nan
-        return c.Cond(c.METRICS_AVAILABLE, "True", "MetricsFresh", (
-            f"{snap.pods_reporting} pod(s) reporting; newest sample {max(age, 0.0):.0f}s old"))
+        # No sample age in the message: it would change at every evaluation, and with it the
+        # status (one write per evaluation for nothing).
+        return c.Cond(c.METRICS_AVAILABLE, "True", "MetricsFresh",
+                      f"{snap.pods_reporting} pod(s) reporting fresh metrics")
     return c.Cond(c.METRICS_AVAILABLE, "False", snap.problem or "MetricsUnavailable",
                   f"{snap.reason}; replicas are held (never scaled down blind)")
 
@@ -264,6 +212,13 @@ def autoscaler_conditions(previous: Sequence[Mapping[str, Any]], snap: MetricsSn
           c.Cond(c.CAPACITY_CONSTRAINED, "False", "Placed",
                  "the replicas the autoscaler wants fit the reservation and pools"))
     return out
+
+
+def evaluation_failed(error: str) -> c.Cond:
+    """MetricsAvailable=Unknown after an evaluation that broke (a bug, a bad value): replicas
+    are held, and the next evaluation tries again."""
+    return c.Cond(c.METRICS_AVAILABLE, "Unknown", EVALUATION_FAILED,
+                  f"the last evaluation failed ({error[:300]}); replicas are held")
 
 
 def keep_autoscaler_conditions(previous: Sequence[Mapping[str, Any]], updates: Sequence[c.Cond],

@@ -1,0 +1,85 @@
+"""`dedicap plan --prometheus ... --modeldeployment ...` on the real local stack.
+
+Load runs through an autoscaled ModelDeployment (the slowed model of test_autoscaling.py: one
+replica saturates near 29 req/s) until the live autoscaler has settled; then the planner reads
+that deployment's history from the same Prometheus, learns its replica from the deployment's
+own Triton metrics (the live policy's fit) and recommends a reservation, which must be within
+one replica of what the live autoscaler settled on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from test_autoscaling import (  # the operator and namespace fixtures, and their helpers
+    EVAL_S,
+    SLOW_MODEL,
+    TARGET_MS,
+    apply_md,
+    metrics_fresh,
+    namespace,
+    operator,
+    serving,
+    set_sim,
+    spec_replicas,
+)
+
+from dedicap_local import loadgen
+from testkit import OperatorProcess, wait_for
+
+pytestmark = pytest.mark.integration
+__all__ = ["namespace", "operator"]
+
+LOAD_RPS = 40.0  # ~1.4x what one replica serves at best: the live fleet settles above one
+LOAD_S = 150.0
+HISTORY_S = 140.0  # the load, from the overload of one replica to the settled fleet
+
+
+def test_plan_from_prometheus_matches_the_live_autoscaler(
+        stack: Any, namespace: str, operator: OperatorProcess) -> None:
+    set_sim(stack, namespace, "bot", SLOW_MODEL)
+    apply_md(stack, namespace, min_replicas=1, max_replicas=4)
+    wait_for(lambda: serving(stack, namespace, 1), "one serving replica", timeout=90)
+    wait_for(lambda: metrics_fresh(stack, namespace), "MetricsAvailable=True", timeout=60)
+    eps = loadgen.endpoints_for(namespace, "bot", stack.run_dir)
+    load = loadgen.Background(eps, [loadgen.Step(LOAD_S, LOAD_RPS)], seed=11, timeout_s=30,
+                              max_in_flight=2000)
+    counts: list[tuple[float, int]] = []
+    try:
+        end = time.time() + LOAD_S - 5
+        while time.time() < end:
+            counts.append((time.time(), spec_replicas(stack, namespace)))
+            time.sleep(EVAL_S)
+        until = time.time()
+    finally:
+        report = load.stop().summary()
+    live = counts[-1][1]  # what the live autoscaler settled on
+    assert all(n == live for t, n in counts if t >= until - 60), counts
+    assert live >= 2, (counts, report)
+    out = subprocess.run(
+        [sys.executable, "-m", "dedicap.cli", "plan", "--prometheus", stack.prometheus_url,
+         "--modeldeployment", f"{namespace}/bot", "--since", f"{HISTORY_S:g}s",
+         "--until", f"{until:.0f}", "--step", "20s", "--slo", f"p95={TARGET_MS:g}ms",
+         "--error-rate", "0.01", "--startup", "10", "--max-batch",
+         str(SLOW_MODEL["max_batch_size"]), "--attainment", "0.95", "--json"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    model = plan["replica_model"]
+    # learned from the deployment's own metrics, not the calibrated example
+    assert not model["example"] and "learned from" in model["source"], model
+    assert "read " in out.stderr and "replica model: learned" in out.stderr, out.stderr
+    # the model's truth: a batch of b takes 100 + 10*b ms, at most 4 per batch (28.6 req/s)
+    assert 0.7 * 28.6 < model["saturated_rps"] < 1.3 * 28.6, model
+    rec = plan["recommendation"]
+    assert rec is not None, plan
+    assert abs(rec["gpus"] - live) <= 1, (rec, live, counts)
+    assert plan["history"]["pods_last"] is not None
+    print(json.dumps({"live_settled": live, "live_counts": [n for _, n in counts],
+                      "plan_recommends": rec["gpus"], "replica_model": model,
+                      "tradeoff": plan["pools"][0]["tradeoff"], "load": report}))
