@@ -156,8 +156,10 @@ def modeldeployment() -> db.Dashboard:
     d = d.annotation(
         db.AnnotationQuery().name("Scale decisions").datasource(DATASOURCE).enable(True)
         .icon_color("orange").expr(
-            f'sum by (direction, reason) (increase(dedicap_scale_decisions_total{{{MD_MATCH},'
-            f'direction=~"up|down"}}[{RATE}])) > 0'))
+            # A change of the replica count (a decision counter's first increment is its
+            # series' first sample, which increase() cannot see).
+            f"max by (namespace, modeldeployment) (changes("
+            f"dedicap_modeldeployment_desired_replicas{{{MD_MATCH}}}[{RATE}])) > 0"))
     d = d.with_row(db.Row("Service level"))
     d = d.with_panel(_ts(
         "Latency at the SLO percentile vs target", "s",

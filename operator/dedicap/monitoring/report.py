@@ -28,6 +28,8 @@ from dedicap.metrics.prometheus import PrometheusClient, Series, resolve_url
 from dedicap.monitoring.rules import parse_duration, prom_duration
 
 SLICE_S = 60  # the summary's SLO slices: minutes
+MD_LABELS = f"{promql.LABEL_NAMESPACE}, {promql.LABEL_MODELDEPLOYMENT}"
+BY_MD = f"by ({MD_LABELS})"
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,13 @@ class Queries:
     def success_rate(self) -> str:
         return promql.success_rate(self.target, self.rate_window_s)
 
+    # One series per ModelDeployment, labelled like the Triton signals of metrics.promql, so
+    # that any two of them compare or divide one to one.
     def desired(self) -> str:
-        return f"max({self._md('dedicap_modeldeployment_desired_replicas')})"
+        return f"max {BY_MD} ({self._md('dedicap_modeldeployment_desired_replicas')})"
 
     def ready(self) -> str:
-        return f"max({self._md('dedicap_modeldeployment_ready_replicas')})"
+        return f"max {BY_MD} ({self._md('dedicap_modeldeployment_ready_replicas')})"
 
     def serving(self) -> str:
         return promql.pods_reporting(self.target)
@@ -85,13 +89,14 @@ class Queries:
         return promql.quantile_ms(self.target, self.percentile)
 
     def target_ms(self) -> str:
-        return f"max({self._md('dedicap_modeldeployment_latency_target_seconds')}) * 1000"
+        return (f"max {BY_MD} ({self._md('dedicap_modeldeployment_latency_target_seconds')})"
+                " * 1000")
 
     def gpus(self) -> str:
-        return f"sum({self._md('dedicap_modeldeployment_gpus')})"
+        return f"sum {BY_MD} ({self._md('dedicap_modeldeployment_gpus')})"
 
     def hourly_cost(self) -> str:
-        return f"sum({self._md('dedicap_modeldeployment_hourly_cost')})"
+        return f"sum {BY_MD} ({self._md('dedicap_modeldeployment_hourly_cost')})"
 
     def reservation_gpus(self, reservation: str) -> str:
         return (f'max(dedicap_reservation_gpus{{reservation="{promql.escape(reservation)}",'
@@ -100,8 +105,8 @@ class Queries:
     # -- the summary: one instant query each, at the window's end, over the window
     def slo_minutes(self, w: Window) -> str:
         """Share of the window's minutes (with traffic) whose slowest pod met the target."""
-        return (f"avg_over_time(({self.latency_ms()} <= bool ({self.target_ms()}))"
-                f"[{w.range}:{SLICE_S}s])")
+        return (f"avg_over_time(({self.latency_ms()} <= bool on ({MD_LABELS}) "
+                f"({self.target_ms()}))[{w.range}:{SLICE_S}s])")
 
     def integral_hours(self, expr: str, w: Window) -> str:
         """The time integral of `expr` over the window, in hours (rectangles of one step)."""
