@@ -353,7 +353,10 @@ class Autoscaler(BackgroundLoop):
             latency_ms=snap.latency_quantile_ms if snap.available else math.nan,
             latency_target_ms=config.latency_target_ms, percentile=config.latency_percentile,
             error_ratio=snap.error_ratio if snap.available else math.nan,
-            request_rate=snap.request_rate if snap.available else math.nan)
+            request_rate=snap.request_rate if snap.available else math.nan,
+            latency_objective=self.settings.defaults.latency_objective,
+            error_ratio_objective=(spec.slo.error_rate.maximum if spec.slo.error_rate
+                                   else math.nan))
         log.info("%s/%s: %s %d -> %d [%s] ready=%d starting=%d limit=%s p%g=%.0fms "
                  "rate=%.1f/s: %s", namespace, name, decision.direction, current,
                  decision.replicas, code, ready, starting, limit, config.latency_percentile,
@@ -504,6 +507,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--burst-memory", type=float, default=AutoscalerDefaults.burst_memory_s,
                    metavar="SECONDS", help="after traffic jumps faster than replicas start, "
                    "keep capacity for the peak this long (default %(default)gs)")
+    g.add_argument("--slo-latency-objective", type=float,
+                   default=AutoscalerDefaults.latency_objective, metavar="RATIO",
+                   help="share of time slices whose slowest replica must meet the latency "
+                   "target, for the SLO alerts (default %(default)g)")
     g.add_argument("--metrics-port", type=int,
                    default=int(os.environ.get("DEDICAP_METRICS_PORT", "0") or 0),
                    help="serve the operator's own /metrics on this port (0: off; default "
@@ -515,10 +522,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def defaults_from_args(args: argparse.Namespace) -> AutoscalerDefaults:
+    if not 0 < args.slo_latency_objective < 1:
+        raise SystemExit("--slo-latency-objective must lie strictly between 0 and 1 (e.g. 0.99), "
+                         f"got {args.slo_latency_objective}")
     return AutoscalerDefaults(
         evaluation_interval_s=args.evaluation_interval, startup_delay_s=args.replica_startup,
         scrape_interval_s=args.scrape_interval, window_s=args.metrics_window,
-        burst_memory_s=args.burst_memory)
+        burst_memory_s=args.burst_memory, latency_objective=args.slo_latency_objective)
 
 
 def metrics_from_args(args: argparse.Namespace) -> OperatorMetrics:
