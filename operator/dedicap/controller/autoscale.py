@@ -212,6 +212,10 @@ class Autoscaler(BackgroundLoop):
         self._due: dict[tuple[str, str], float] = {}
         self._seen_replicas: dict[tuple[str, str], int] = {}
         self._saved: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._parsed: dict[tuple[str, str], tuple[Any, tuple[ModelDeployment, PolicyConfig,
+                                                               float]]] = {}
+        # What a blind evaluation (no usable metrics) saw: the same again decides the same hold.
+        self._blind: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     # ----------------------------------------------------------------- scheduling
 
@@ -222,6 +226,7 @@ class Autoscaler(BackgroundLoop):
             self._due.clear()
             self._seen_replicas.clear()
             self._saved.clear()
+            self._blind.clear()
             return []
         mono = time.monotonic()
         listed: dict[tuple[str, str], dict[str, Any]] = {}
@@ -241,6 +246,8 @@ class Autoscaler(BackgroundLoop):
         self._due.pop(key, None)
         self._seen_replicas.pop(key, None)
         self._saved.pop(key, None)
+        self._parsed.pop(key, None)
+        self._blind.pop(key, None)
         self.metrics.forget(*key)
 
     def evaluate_all(self, due: list[tuple[tuple[str, str], dict[str, Any]]],
@@ -253,10 +260,7 @@ class Autoscaler(BackgroundLoop):
         for key, raw in due:
             interval = self.settings.defaults.evaluation_interval_s
             try:
-                md = ModelDeployment.model_validate(raw)
-                assert md.spec.autoscaling is not None
-                config = policy_config(md.spec.autoscaling, self.settings.defaults)
-                interval = evaluation_interval(md.spec.autoscaling, self.settings.defaults)
+                md, config, interval = self._parse(key, raw)
                 parsed.append((key, raw, md, config))
             except ValidationError:
                 pass  # the reconcile reports the invalid spec
@@ -274,6 +278,21 @@ class Autoscaler(BackgroundLoop):
             finally:
                 self.metrics.evaluation_seconds.observe(time.monotonic() - started)
         return outcomes
+
+    def _parse(self, key: tuple[str, str], raw: Mapping[str, Any]
+               ) -> tuple[ModelDeployment, PolicyConfig, float]:
+        """The ModelDeployment, its policy config and interval, parsed once per version of the
+        object (a quiet fleet is not validated again at every evaluation)."""
+        version = (raw.get("metadata") or {}).get("resourceVersion")
+        cached = self._parsed.get(key)
+        if cached is not None and version is not None and cached[0] == version:
+            return cached[1]
+        md = ModelDeployment.model_validate(raw)
+        assert md.spec.autoscaling is not None
+        parsed = (md, policy_config(md.spec.autoscaling, self.settings.defaults),
+                  evaluation_interval(md.spec.autoscaling, self.settings.defaults))
+        self._parsed[key] = (version, parsed)
+        return parsed
 
     def _observe_all(self, parsed: list[tuple[tuple[str, str], dict[str, Any],
                                               ModelDeployment, PolicyConfig]],
@@ -319,9 +338,18 @@ class Autoscaler(BackgroundLoop):
         ready, starting = replica_counts(self.view.pods_of(namespace, name))
         current = md.spec.desired_replicas()
         manual = self._seen_replicas.get(key)
+        limit, explanation = self._replica_limit(md, spec.max_replicas)
+        # Blind (no usable metrics) exactly as at the last evaluation, with the same spec,
+        # replicas and limit: the policy can only hold again, and the status says so already.
+        blind = (None if snap.available else
+                 (md.generation, ready, starting, current, limit, snap.problem, snap.reason))
+        if blind is not None and self._blind.get(key) == blind and manual == current:
+            self.metrics.record_decision(namespace, name, "hold", st.CODE_METRICS_UNAVAILABLE)
+            return Outcome(namespace, name, snap, None, st.CODE_METRICS_UNAVAILABLE, False,
+                           limit)
+        self._blind.pop(key, None)
         saved = (raw.get("status") or {}).get("autoscaler")
         state, unreadable = read_state(saved)
-        limit, explanation = self._replica_limit(md, spec.max_replicas)
         window = observation_window(snap, ready=ready, starting=starting, current=current)
         decision = decide(config, window, state, now, limit)
         code = st.reason_code(decision, window, config)
@@ -345,6 +373,8 @@ class Autoscaler(BackgroundLoop):
                            f"{current} -> {decision.replicas} ({code}): {decision.reason}"))
         self._report(md, snap, config, decision, code, scaled, current, limit, explanation,
                      now, events, force_state=bool(unreadable))
+        if blind is not None and not scaled and decision.replicas == current:
+            self._blind[key] = blind
         self.metrics.record_decision(namespace, name,
                                      decision.direction if scaled else "hold", code)
         self.metrics.set_modeldeployment(
