@@ -238,7 +238,7 @@ def test_one_query_for_many_and_an_outage_for_all() -> None:
     got = observe_tokens_many(client, [("acme", "chat"), ("acme", "idle")], "vllm", 60, 100.0)
     assert len(client.queries) == 1
     assert got[("acme", "chat")].waiting == 3.0 and math.isnan(got[("acme", "idle")].waiting)
-    down = observe_tokens_many(_Client(PrometheusUnavailable("http://p", 2, "refused")), [("acme", "chat")],
-                               "vllm", 60, 100.0)
+    outage = _Client(PrometheusUnavailable("http://p", 2, "refused"))
+    down = observe_tokens_many(outage, [("acme", "chat")], "vllm", 60, 100.0)
     assert not down[("acme", "chat")].available
     assert down[("acme", "chat")].problem == "PrometheusUnavailable"
