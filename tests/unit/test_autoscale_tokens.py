@@ -70,6 +70,9 @@ def test_observed_status_shows_the_token_figures_or_blanks() -> None:
     o = st_tokens.observed(tokens(kv_usage=1.2))
     assert o["ttftMs"] == 300.0 and o["tpotMs"] == 40.0 and o["kvCacheUsage"] == 1.0
     assert o["generationTokensPerSecond"] == 400.0 and o["waitingRequests"] == 0.0
+    # a stream's latency is to its last token (vLLM's end-to-end histogram)
+    assert o["latencyMs"] == 9000.0 and o["p95Ms"] == 9000.0
+    assert st_tokens.observed(tokens(), e2e_percentile=99)["p95Ms"] is None
     assert set(st_tokens.observed(None).values()) == {None}
 
 

@@ -43,6 +43,7 @@ def signals(n_per_replica: float, ready: int, *, waiting: float = 0.0, ttft_ms: 
         mean_ttft_ms=ttft_ms / 1.5, finished_rate=gen / TOKENS_PER_REQUEST,
         prompt_token_rate=gen * PROMPT_PER_TOKEN, generation_token_rate=gen,
         running=ready * n_per_replica, running_now=ready * n_per_replica, waiting=waiting,
+        waiting_max=waiting,
         kv_usage=min(n_per_replica * kv_per_seq, 1.0), preemption_rate=0.0)
 
 

@@ -136,6 +136,7 @@ VLLM_EXPECTED: dict[TokenSignal, float] = {
     TokenSignal.RUNNING: 10.0,
     TokenSignal.RUNNING_NOW: 10.0,
     TokenSignal.WAITING: 3.0,
+    TokenSignal.WAITING_MAX: 3.0,
     TokenSignal.KV_USAGE: 0.8,  # the fullest pod, whichever name its engine uses
     TokenSignal.PREEMPTION_RATE: 0.5,
 }
@@ -145,6 +146,7 @@ TRT_EXPECTED: dict[TokenSignal, float] = {
     TokenSignal.RUNNING: 8.0,
     TokenSignal.RUNNING_NOW: 8.0,
     TokenSignal.WAITING: 2.0,
+    TokenSignal.WAITING_MAX: 2.0,
     TokenSignal.KV_USAGE: 0.9,  # used / max blocks of the fullest pod
     TokenSignal.PAUSED: 1.0,
 }

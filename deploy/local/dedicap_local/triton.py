@@ -117,7 +117,7 @@ class ModelSpec:
     step_ms: float = 50.0
     per_seq_ms: float = 5.0
     per_ctx_token_us: float = 0.0
-    prefill_ms_per_token: float = 0.2
+    prefill_ms_per_token: float = 0.05
     kv_tokens: int = 6000
     max_num_seqs: int = 16
     chunk_tokens: int = 512

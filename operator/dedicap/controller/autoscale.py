@@ -455,7 +455,8 @@ class Autoscaler(BackgroundLoop):
                                              st_tokens.verdict_problems(tokens, config))
             observed = st.observed_status(snap, when)
             if config.tokens is not None:
-                observed.update(st_tokens.observed(tokens if snap.available else None))
+                observed.update(st_tokens.observed(tokens if snap.available else None,
+                                                   config.tokens.e2e_percentile))
                 capacity = st_tokens.capacity_status(
                     config, decision.state, ready, md.spec.resources.gpus_per_replica, when)
                 old_capacity = {k: v for k, v in (previous.get("tokenCapacity") or {}).items()

@@ -15,7 +15,7 @@ request-level fit):
 - the KV cache one running sequence holds (KV usage over running sequences), so that
   ``kv_target / kv_per_seq`` sequences fit in the cache;
 - the part of the time to first token that is not waiting for a step (the prefill of a
-  prompt), measured when nothing waits.
+  prompt), measured from windows in which no request waited for room.
 
 The largest number of running sequences ``n_slo`` that keeps TPOT (times the learned ratio of
 its percentile to its mean) within its target, ``2*tau(n) + prefill`` within the TTFT target (a
@@ -52,8 +52,9 @@ if TYPE_CHECKING:
     from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState
 
 # When at least this share of a replica's KV cache is in use and requests wait, the cache is
-# what limits the replica (vLLM admits while the cache holds the prompt).
-KV_SATURATED = 0.9
+# what holds them back (vLLM admits a request while the cache holds its whole prompt, above a
+# small watermark, so a cache whose rest cannot hold the next prompt reads well below 100%).
+KV_SATURATED = 0.8
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class TokenSignals:
     running: float = math.nan  # sequences, mean over the window
     running_now: float = math.nan
     waiting: float = math.nan  # requests now
+    waiting_max: float = math.nan  # the most any replica had waiting in the window
     kv_usage: float = math.nan  # the fullest replica's, 0..1
     preemption_rate: float = math.nan  # per second (vLLM)
     paused: float = math.nan  # TensorRT-LLM's paused requests now
@@ -191,8 +193,9 @@ def learn(fit: TokenFit, s: TokenSignals, ready: int, window_s: float, now: floa
         changes["kv_per_seq"] = fit.kv_per_seq.add(min(s.kv_usage / now_running, 1.0),
                                                    now_running, decay)
     coef = step.coefficients()
-    if (coef is not None and _finite(s.ttft_ms) and _finite(s.waiting) and s.waiting < 0.5
-            and _finite(running)):
+    # the prefill part of TTFT, from windows in which no request waited for room anywhere
+    if (coef is not None and _finite(s.ttft_ms) and _finite(s.waiting_max)
+            and s.waiting_max < 0.5 and _finite(running)):
         tau_ms = 1000.0 * (coef[0] + coef[1] * max(running, 1.0))
         changes["prefill_ms"] = fit.prefill_ms.add(max(s.ttft_ms - 2.0 * tau_ms, 0.0), 1.0,
                                                    decay)

@@ -44,6 +44,7 @@ class TokenSnapshot:
     running: float = math.nan
     running_now: float = math.nan
     waiting: float = math.nan
+    waiting_max: float = math.nan
     kv_usage: float = math.nan
     preemption_rate: float = math.nan
     paused: float = math.nan

@@ -80,7 +80,7 @@ class LLMBehaviour:
     step_ms: float = 50.0  # fixed cost of an engine step
     per_seq_ms: float = 5.0  # per decoding sequence in a step
     per_ctx_token_us: float = 0.0  # per token of KV cache read in a step
-    prefill_ms_per_token: float = 0.2
+    prefill_ms_per_token: float = 0.05
     kv_tokens: float = 6000.0
     max_num_seqs: float = 16.0
     chunk_tokens: float = 512.0

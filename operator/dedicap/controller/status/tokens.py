@@ -30,10 +30,18 @@ def signals(tokens: TokenSnapshot | None) -> TokenSignals | None:
                            for name in TokenSignals.__dataclass_fields__})
 
 
-def observed(tokens: TokenSnapshot | None) -> dict[str, Any]:
-    """The token fields of `status.observed` (null when unknown, so the columns go blank)."""
+def observed(tokens: TokenSnapshot | None, e2e_percentile: float = 95.0) -> dict[str, Any]:
+    """The token fields of `status.observed` (null when unknown, so the columns go blank).
+    Where the backend has an end-to-end histogram (vLLM), the request latency is the stream's
+    whole duration from it: Triton's own request summary of a decoupled model ends when
+    `execute` returns, long before the last token."""
     t = tokens if tokens is not None and tokens.available else TokenSnapshot("")
+    e2e: dict[str, Any] = {}
+    if t.profile == "vllm":
+        latency = _or_none(t.e2e_ms, 1)
+        e2e = {"latencyMs": latency, "p95Ms": latency if e2e_percentile == 95 else None}
     return {
+        **e2e,
         "ttftMs": _or_none(t.ttft_ms, 1),
         "tpotMs": _or_none(t.tpot_ms, 1),
         "promptTokensPerSecond": _or_none(t.prompt_token_rate, 1),
