@@ -15,7 +15,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,11 +31,10 @@ from test_autoscaling import (
 
 from dedicap_local import loadgen
 from dedicap_local.loadgen_stream import run_stream
-from testkit import OperatorProcess, release_operator_state, wait_for
+from testkit import OperatorProcess, live_autoscaler, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 EVAL_S = 5
 SHAPE = (200, 20)  # prompt tokens, generated tokens
 # a KV cache of 6,000 tokens holds about 27 such sequences
@@ -48,19 +46,8 @@ TPOT_MS = 200.0
 
 @pytest.fixture(scope="module")
 def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
-    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
-    op = OperatorProcess(
-        stack, tmp_path_factory.mktemp("autoscaling-llm"),
-        ["--namespace", "dcp-llm-*", "--peering-lifetime", "10",
-         "--pool-refresh-seconds", "2", "--resync-seconds", "5",
-         "--prometheus-url", stack.prometheus_url,
-         "--evaluation-interval", str(EVAL_S), "--scrape-interval", "2",
-         "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
-         "--verbose"],
-        peering=f"dedicap-llm-{uuid.uuid4().hex[:6]}")
+    op = live_autoscaler(stack, tmp_path_factory.mktemp("autoscaling-llm"), "dcp-llm-*",
+                         f"dedicap-llm-{uuid.uuid4().hex[:6]}", EVAL_S)
     op.start()
     yield op
     op.stop()
