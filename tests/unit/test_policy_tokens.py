@@ -119,7 +119,7 @@ def run(cfg: PolicyConfig, steps: list[tuple[TokenSignals, int, int]], state: Po
 
 def test_rising_token_demand_scales_up_in_tokens() -> None:
     cfg = config()
-    warm = [(signals(n, 1), 1, 1) for n in (4, 8, 12, 16)]
+    warm = [(signals(n, 1), 1, 1) for n in (4, 8, 12, 12)]
     counts, state, reasons = run(cfg, warm)
     assert counts[-1] == 1
     # the replica now runs 40 sequences: steps of 50 ms, TPOT p95 60 ms > 50 ms

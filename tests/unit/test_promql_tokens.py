@@ -137,6 +137,7 @@ VLLM_EXPECTED: dict[TokenSignal, float] = {
     TokenSignal.RUNNING_NOW: 10.0,
     TokenSignal.WAITING: 3.0,
     TokenSignal.WAITING_MAX: 3.0,
+    TokenSignal.WAITING_GROWTH: 0.0,  # constant queues
     TokenSignal.KV_USAGE: 0.8,  # the fullest pod, whichever name its engine uses
     TokenSignal.PREEMPTION_RATE: 0.5,
 }
@@ -147,6 +148,7 @@ TRT_EXPECTED: dict[TokenSignal, float] = {
     TokenSignal.RUNNING_NOW: 8.0,
     TokenSignal.WAITING: 2.0,
     TokenSignal.WAITING_MAX: 2.0,
+    TokenSignal.WAITING_GROWTH: 0.0,
     TokenSignal.KV_USAGE: 0.9,  # used / max blocks of the fullest pod
     TokenSignal.PAUSED: 1.0,
 }

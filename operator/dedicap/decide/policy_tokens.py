@@ -27,9 +27,10 @@ bounds nothing: it is reported, never scaled for.
 
 The seam: ``decide_in_tokens`` states the observation in the request-level policy's vocabulary
 with a generated token as the unit of work (offered rate = tokens/s, capacity per replica =
-tokens/s at the SLO, latency = the worst token-level SLI relative to its target, queue = the
-tokens the waiting requests will generate, unmet demand = requests waiting beyond one per
-replica, which a full KV cache causes) and runs the very ``decide()`` the request-level models
+tokens/s at the SLO, latency = the worst token-level SLI relative to its target, offered rate
+= tokens generated plus the growth of the waiting queues, unmet demand = requests waiting
+beyond one per replica, which a full KV cache causes; no queue to drain, since a backlog stays
+with its replica) and runs the very ``decide()`` the request-level models
 get: forecast, burst memory, latency feedback, error budget, stabilization and limits are
 shared. BACKEND failures are reported, never scaled for; preemptions are reported.
 
@@ -69,6 +70,10 @@ class TokenSLO:
     e2e_percentile: float = 95.0  # the request-latency objective, for a stream: to its end
     e2e_target_ms: float = math.inf
     kv_target: float = 0.9  # plan the KV cache this full at most
+    # the share of a replica's saturated token throughput to plan for: lower than a batching
+    # replica's knee (0.9), because a prompt waits in the prefill queue, whose wait under
+    # random arrivals grows steeply past about 80% of its capacity (TTFT's percentile first)
+    utilization: float = 0.8
     max_num_seqs: int | None = None  # the engine's sequence limit, when known
     tokens_per_minute_prior: float | None = None  # per replica, before anything is learned
 
@@ -89,6 +94,7 @@ class TokenSignals:
     running_now: float = math.nan
     waiting: float = math.nan  # requests now
     waiting_max: float = math.nan  # the most any replica had waiting in the window
+    waiting_growth: float = math.nan  # requests/s the waiting queues grew by over the window
     kv_usage: float = math.nan  # the fullest replica's, 0..1
     preemption_rate: float = math.nan  # per second (vLLM)
     paused: float = math.nan  # TensorRT-LLM's paused requests now
@@ -120,6 +126,10 @@ class TokenFit:
     tokens_per_request: Mean = field(default_factory=Mean)  # generated tokens per request
     request_s: Mean = field(default_factory=Mean)  # mean request duration (TensorRT-LLM)
     max_running: float = 0.0  # the most sequences per replica seen running
+    # prompt tokens/s per replica served while TTFT broke with requests waiting and the KV
+    # cache not full: the prefill is what saturated (its time, or the step's token budget)
+    prefill_sat: float = 0.0
+    prefill_sat_t: float | None = None
     t: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,7 +139,9 @@ class TokenFit:
     def from_dict(d: dict[str, Any]) -> TokenFit:
         means = {name: Mean(**d[name]) for name in _MEANS if name in d}
         return TokenFit(step=BatchFit(**d.get("step", {})), **means,
-                        max_running=float(d.get("max_running", 0.0)), t=d.get("t"))
+                        max_running=float(d.get("max_running", 0.0)),
+                        prefill_sat=float(d.get("prefill_sat", 0.0)),
+                        prefill_sat_t=d.get("prefill_sat_t"), t=d.get("t"))
 
 
 _MEANS = ("kv_per_seq", "prefill_ms", "tpot_ratio", "prompt_per_token", "tokens_per_request",
@@ -140,7 +152,8 @@ _STEP_KEYS = ("w", "wb", "wbb", "wy", "wby", "max_batch_seen")
 def check_token_fit(d: Any, number: Callable[..., None]) -> None:
     """Strict checks of a stored ``TokenFit`` (``PolicyState.from_dict(strict=True)``):
     `number(value, what, lo, hi)` raises for anything but a finite number in range."""
-    if not isinstance(d, dict) or set(d) - {"step", *_MEANS, "max_running", "t"}:
+    if not isinstance(d, dict) or set(d) - {"step", *_MEANS, "max_running", "prefill_sat",
+                                            "prefill_sat_t", "t"}:
         raise ValueError(f"tokens: {d!r} is not a token fit")
     step = d.get("step", {})
     if not isinstance(step, dict) or set(step) - {*_STEP_KEYS, "t"}:
@@ -156,7 +169,8 @@ def check_token_fit(d: Any, number: Callable[..., None]) -> None:
             if key in part:
                 number(part[key], f"tokens.{name}.{key}", 0.0)
     number(d.get("max_running", 0.0), "tokens.max_running", 0.0, 1e6)
-    for t in (d.get("t"), step.get("t")):
+    number(d.get("prefill_sat", 0.0), "tokens.prefill_sat", 0.0, 1e12)
+    for t in (d.get("t"), step.get("t"), d.get("prefill_sat_t")):
         if t is not None:
             number(t, "tokens.t")
 
@@ -171,15 +185,16 @@ def by_tokens(signals: TokenSignals) -> bool:
 
 
 def learn(fit: TokenFit, s: TokenSignals, ready: int, window_s: float, now: float,
-          half_life_s: float, request_ms: float = math.nan, served_rps: float = math.nan
-          ) -> TokenFit:
+          half_life_s: float, request_ms: float = math.nan, served_rps: float = math.nan,
+          ttft_target_ms: float = math.inf) -> TokenFit:
     """`fit` with one window's points; what the window cannot tell leaves it as it was.
     `request_ms` (Triton's mean request duration, to the final response) and `served_rps` are
     the unit of work where the backend counts no tokens (TensorRT-LLM)."""
     if ready <= 0:
         return fit
     decay = 1.0 if fit.t is None else 0.5 ** (max(now - fit.t, 0.0) / half_life_s)
-    step, changes = fit.step, {}
+    step = fit.step
+    changes: dict[str, Any] = {}
     running = s.running / ready if _finite(s.running) else math.nan
     gen = s.generation_token_rate
     if _finite(running) and running >= 0.5 and _finite(s.mean_tpot_ms) and s.mean_tpot_ms > 0:
@@ -211,6 +226,15 @@ def learn(fit: TokenFit, s: TokenSignals, ready: int, window_s: float, now: floa
             and served_rps > 0):
         changes["request_s"] = fit.request_s.add(request_ms / 1000.0,
                                                  min(1.0, served_rps * window_s / 100.0), decay)
+    prompt_rate = s.prompt_token_rate / ready if _finite(s.prompt_token_rate) else math.nan
+    if (_finite(prompt_rate) and prompt_rate > 0 and _finite(s.ttft_ms)
+            and s.ttft_ms > ttft_target_ms and _finite(s.waiting_max) and s.waiting_max >= 1
+            and not (_finite(s.kv_usage) and s.kv_usage >= KV_SATURATED)):
+        # like the request-level policy's throughput measured with overflowing queues: a
+        # floor of the saturated prefill rate, which only ever raises the estimate while valid
+        valid = fit.prefill_sat_t is not None and now - fit.prefill_sat_t <= 2 * half_life_s
+        fit = replace(fit, prefill_sat=max(fit.prefill_sat if valid else 0.0, prompt_rate),
+                      prefill_sat_t=now)
     decayed = {name: getattr(fit, name).add(0.0, 0.0, decay)
                for name in _MEANS if name not in changes}
     peak = max(fit.max_running, running if _finite(running) else 0.0,
@@ -224,7 +248,8 @@ class TokenCapacity:
 
     work_per_s: float  # generated tokens/s (vLLM) or requests/s (TensorRT-LLM)
     sequences: float  # running sequences at that point
-    limited_by: str  # timePerOutputToken | timeToFirstToken | kvCache | maxSequences | seen
+    # timePerOutputToken | timeToFirstToken | kvCache | maxSequences | prefill | seen
+    limited_by: str
     prompt_tokens_per_s: float = math.nan
     unattainable: tuple[str, ...] = ()  # objectives no replica count can meet
 
@@ -275,6 +300,12 @@ def capacity(slo: TokenSLO, fit: TokenFit, tokens: bool = True) -> TokenCapacity
     n = max(bounds[name], 1.0)
     work = n / (s0 + s1 * n)
     prompt = fit.prompt_per_token.value()
+    if fit.prefill_sat > 0 and prompt is not None and prompt > 0:
+        # the prefill saturated at this prompt rate: it bounds the tokens generated beside it
+        prefill_bound = fit.prefill_sat / prompt
+        if prefill_bound < work:
+            work, name = prefill_bound, "prefill"
+            n = work * (s0 + s1 * n)  # about the sequences running at that rate
     return TokenCapacity(work, n, name, work * prompt if prompt is not None else math.nan,
                          tuple(unattainable))
 
@@ -328,21 +359,33 @@ def decide_in_tokens(config: PolicyConfig, window: ObservationWindow, state: Pol
     tokens = by_tokens(s)
     if fresh:
         fit = learn(fit, s, ready, window.window_s, now, config.capacity_half_life_s,
-                    window.mean_latency_ms, window.success_rate)
+                    window.mean_latency_ms, window.success_rate, slo.ttft_target_ms)
     cap = capacity(slo, fit, tokens)
     unit = "tok/s" if tokens else "req/s"
     per_request = (fit.tokens_per_request.value() or 1.0) if tokens else 1.0
-    # the work offered: tokens generated (or requests served), and what waits beyond one
-    # request per replica, which the cache or the sequence limit holds back: unmet demand
+    # the work offered: tokens generated (or requests served), and the growth of the waiting
+    # queues (arrivals are completions plus what piles up: what Little's law rests on).
+    # Requests waiting beyond one per replica, which a full cache, the sequence limit or the
+    # prefill budget holds back, count as unmet demand, as rejected requests do for the
+    # request-level policy. A backlog is not drained by adding replicas (each replica keeps
+    # its own queue behind the Service), so the queue itself adds no demand.
     served = s.generation_token_rate if tokens else window.success_rate
+    mix = fit.prompt_per_token.value()
+    if tokens and mix and _finite(s.prompt_token_rate) and _finite(served):
+        # in generated tokens at the learned prompt mix: a window whose prompts are longer
+        # than usual offers more prefill work per generated token than the capacity assumed
+        served = max(served, s.prompt_token_rate / mix)
     waiting = s.waiting if _finite(s.waiting) else 0.0
+    growth = max(s.waiting_growth, 0.0) * per_request if _finite(s.waiting_growth) else 0.0
     held_back = max(waiting - max(ready, 1), 0.0) * per_request / max(window.window_s, 1.0)
+    if _finite(s.waiting_growth) and s.waiting_growth < 0:
+        held_back = 0.0  # a backlog that shrinks is being served: no breach to step up for
     requests = window.request_rate
 
     def error_share(rate: float) -> float:  # of Triton's requests, failing for this reason
         return rate / requests if _finite(requests) and requests > 0 else 0.0
 
-    offered = (served + held_back) if _finite(served) else math.nan
+    offered = served + growth if _finite(served) else math.nan
     work_window = replace(
         window, tokens=None, request_rate=offered, request_rate_short=math.nan,
         success_rate=served,
@@ -352,14 +395,15 @@ def decide_in_tokens(config: PolicyConfig, window: ObservationWindow, state: Pol
                               if _finite(served) else 0.0),
         mean_latency_ms=math.nan,
         latency_quantile_ms=1000.0 * normalized_latency(slo, s, window.latency_quantile_ms),
-        queue_depth=waiting * per_request, mean_queue_ms=math.nan, mean_compute_ms=math.nan,
+        queue_depth=0.0, mean_queue_ms=math.nan, mean_compute_ms=math.nan,
         mean_batch_size=math.nan)
     hint = None
     if cap is not None:
-        hint = cap.work_per_s * config.utilization * state.gain * state.budget
+        hint = cap.work_per_s * slo.utilization * state.gain * state.budget
     elif slo.tokens_per_minute_prior and tokens:
         hint = slo.tokens_per_minute_prior / 60.0 / (1.0 + (fit.prompt_per_token.value() or 0.0))
     work_config = replace(config, tokens=None, latency_target_ms=1000.0,
+                          utilization=slo.utilization,
                           capacity_hint_rps=hint,
                           max_batch_size=max(round(per_request), 1))
     decision = base(work_config, work_window, replace(state, tokens=fit), now, replica_limit)

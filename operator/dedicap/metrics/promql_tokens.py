@@ -70,6 +70,7 @@ class TokenSignal(StrEnum):
     RUNNING_NOW = "running_now"
     WAITING = "waiting"  # requests waiting now, summed over pods
     WAITING_MAX = "waiting_max"  # the most any pod had waiting at a scrape of the window
+    WAITING_GROWTH = "waiting_growth"  # requests/s the waiting queues grew by (deriv)
     KV_USAGE = "kv_usage"  # the fullest pod's KV cache, 0..1
     PREEMPTION_RATE = "preemption_rate"  # vLLM's preemptions per second
     PAUSED = "paused"  # TensorRT-LLM's paused (preempted) requests now
@@ -119,6 +120,8 @@ def vllm_signals(target: Scope, window_s: float, ttft_percentile: float,
         TokenSignal.WAITING: f"sum by ({BY_MD}) ({target.selector(VLLM_WAITING)})",
         TokenSignal.WAITING_MAX: (f"max by ({BY_MD}) (max_over_time("
                                   f"{target.selector(VLLM_WAITING)}[{w}]))"),
+        TokenSignal.WAITING_GROWTH: (f"sum by ({BY_MD}) (deriv("
+                                     f"{target.selector(VLLM_WAITING)}[{w}]))"),
         TokenSignal.KV_USAGE: f"max by ({BY_MD}) ({{{target.matchers(_names(VLLM_KV_USAGE))}}})",
         TokenSignal.PREEMPTION_RATE: _rate(target, VLLM_PREEMPTIONS, w),
     }
@@ -143,6 +146,7 @@ def tensorrtllm_signals(target: Scope, window_s: float, ttft_percentile: float
         TokenSignal.RUNNING_NOW: f"sum by ({BY_MD}) ({requests('scheduled')})",
         TokenSignal.WAITING: f"sum by ({BY_MD}) ({requests('waiting')})",
         TokenSignal.WAITING_MAX: f"max by ({BY_MD}) (max_over_time({requests('waiting')}[{w}]))",
+        TokenSignal.WAITING_GROWTH: f"sum by ({BY_MD}) (deriv({requests('waiting')}[{w}]))",
         TokenSignal.KV_USAGE: (f"max by ({BY_MD}) ({used} / ignoring(kv_cache_block_type) "
                                f"({most} > 0))"),
         TokenSignal.PAUSED: f"sum by ({BY_MD}) ({paused})",

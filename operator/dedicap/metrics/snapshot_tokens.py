@@ -45,6 +45,7 @@ class TokenSnapshot:
     running_now: float = math.nan
     waiting: float = math.nan
     waiting_max: float = math.nan
+    waiting_growth: float = math.nan
     kv_usage: float = math.nan
     preemption_rate: float = math.nan
     paused: float = math.nan

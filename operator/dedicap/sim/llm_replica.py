@@ -30,6 +30,7 @@ not measured (``benchmarks/llm_calibrate.py`` measures them on a GPU).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -50,7 +51,7 @@ class LLMCost:
     prefill_per_token_s: float  # per prompt token prefilled in the step
     kv_tokens: int  # tokens the KV cache holds
     max_num_seqs: int = 256  # sequences running at once (vLLM's default)
-    chunk_tokens: int = 2048  # tokens (decode + prefill) one step processes at most
+    chunk_tokens: int = 512  # tokens (decode + prefill) one step processes at most
     source: str = ""  # where the constants come from
 
     def step_s(self, decoding: int, context: float, prefill: int) -> float:
@@ -100,7 +101,9 @@ PRESETS: dict[str, LLMCost] = {
 
 @dataclass(eq=False)
 class Sequence:
-    """One request in the engine. Times are the engine's (seconds)."""
+    """One request in the engine. Times are the engine's (seconds). While a sequence decodes,
+    its `generated` and `kv` are kept lazily by the engine (``ContinuousBatcher.sync``): a
+    decode step costs the engine O(1), not O(sequences)."""
 
     rid: int
     prompt: int  # prompt tokens
@@ -115,6 +118,8 @@ class Sequence:
     finished: float | None = None
     preemptions: int = 0
     tag: Any = None  # the caller's (e.g. a response sender)
+    mark: int = 0  # the engine's decode-step count when it started decoding
+    version: int = 0  # invalidates its stale entries in the engine's finish heap
 
     @property
     def context(self) -> int:
@@ -132,31 +137,56 @@ class StepResult:
     decode_tokens: int = 0
     preemptions: int = 0
     first_tokens: list[Sequence] = field(default_factory=list)
-    # (sequence, time of the token, seconds since its token before) for every token after a
-    # sequence's first
+    # (sequence, time of the token, seconds since its token before): each decoding sequence's
+    # token with ``record_tokens``, and a preempted sequence's first token after its recompute
     tokens: list[tuple[Sequence, float, float]] = field(default_factory=list)
     finished: list[Sequence] = field(default_factory=list)
-    # runs of identical decode steps (advance): (sequences, first step's end, step seconds,
-    # growth of the step per step, steps): their tokens' times without listing each
+    # runs of identical decode steps: (sequences, first step's end, step seconds, growth of
+    # the step per step, steps): their tokens without listing each (one step is a run of one)
     runs: list[tuple[int, float, float, float, int]] = field(default_factory=list)
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated: first tokens, listed tokens and the runs' tokens."""
+        return len(self.first_tokens) + len(self.tokens) + sum(n * k for n, _, _, _, k in self.runs)
 
 
 class ContinuousBatcher:
-    """The scheduler and KV cache of one replica (see the module docstring)."""
+    """The scheduler and KV cache of one replica (see the module docstring). With
+    `record_tokens`, every decode token is listed in the step's result (the live model streams
+    each); without, decode steps are counted as runs (the simulator)."""
 
-    def __init__(self, cost: LLMCost) -> None:
+    def __init__(self, cost: LLMCost, record_tokens: bool = True) -> None:
         self.cost = cost
+        self.record_tokens = record_tokens
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order
-        self.kv_used = 0
+        self.running: list[Sequence] = []  # in admission order (preemption takes the newest)
+        self.prefilling: list[Sequence] = []  # running, prompt not yet complete
+        self.decoding: dict[int, Sequence] = {}  # running, past the prompt (by id)
+        self.decode_steps = 0  # steps in which every decoding sequence got a token
+        self._kv_lazy = 0  # sum over decoding sequences of (kv - decode steps at their mark)
+        self._kv_prefilling = 0
+        self._finish: list[tuple[int, int, int, Sequence]] = []  # (due step, version, id, seq)
         self.now = 0.0
         self.busy_until = 0.0
 
     # ------------------------------------------------------------------ inputs and gauges
 
+    def fits(self, prompt: int, max_tokens: int) -> bool:
+        """Whether a request of this shape can ever run here (its whole sequence fits the KV
+        cache; vLLM refuses a longer one, as exceeding the model's length)."""
+        reserve = math.ceil(KV_WATERMARK * self.cost.kv_tokens)
+        return prompt >= 1 and max_tokens >= 1 and prompt + max_tokens <= (
+            self.cost.kv_tokens - reserve)
+
     def submit(self, seq: Sequence) -> None:
-        if seq.prompt < 1 or seq.max_tokens < 1:
-            raise ValueError(f"a request needs a prompt and a token to generate: {seq}")
+        """Queue a request that arrived at `seq.arrival` (not before the engine's time)."""
+        if not self.fits(seq.prompt, seq.max_tokens):
+            raise ValueError(f"request {seq.rid} ({seq.prompt} prompt + {seq.max_tokens} tokens) "
+                             f"cannot fit a KV cache of {self.cost.kv_tokens} tokens")
+        if self.idle():
+            # nothing runs: the next step starts when this request arrives, not before
+            self.busy_until = max(self.busy_until, seq.arrival)
         seq.to_prefill = seq.prompt
         self.waiting.append(seq)
 
@@ -164,100 +194,146 @@ class ContinuousBatcher:
         return not self.running and not self.waiting
 
     @property
+    def context(self) -> int:
+        """KV-cache tokens the decoding sequences attend to."""
+        return self._kv_lazy + len(self.decoding) * self.decode_steps
+
+    @property
+    def kv_used(self) -> int:
+        return self._kv_prefilling + self.context
+
+    @property
     def kv_usage(self) -> float:
         return self.kv_used / self.cost.kv_tokens
 
-    def context_tokens(self) -> int:
-        return sum(s.kv for s in self.running)
+    def sync(self, seq: Sequence) -> Sequence:
+        """`seq` with its lazily kept `generated` and `kv` brought up to date."""
+        if seq.rid in self.decoding and self.decoding[seq.rid] is seq:
+            done = self.decode_steps - seq.mark
+            seq.generated += done
+            seq.kv += done
+            seq.mark = self.decode_steps  # (kv - mark) is unchanged: the sum stays right
+        return seq
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _start_decoding(self, seq: Sequence) -> None:
+        seq.mark = self.decode_steps
+        seq.version += 1
+        self.decoding[seq.rid] = seq
+        self._kv_lazy += seq.kv - seq.mark
+        heapq.heappush(self._finish, (seq.mark + seq.max_tokens - seq.generated, seq.version,
+                                      seq.rid, seq))
+
+    def _stop_decoding(self, seq: Sequence) -> None:
+        self.sync(seq)
+        del self.decoding[seq.rid]
+        self._kv_lazy -= seq.kv - seq.mark
+        seq.version += 1  # its finish entry is stale now
+
+    def _remove(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        if seq.rid in self.decoding:
+            self._stop_decoding(seq)
+        else:
+            self.prefilling.remove(seq)
+            self._kv_prefilling -= seq.kv
 
     # ------------------------------------------------------------------ one step
 
-    def _admit(self, budget: int) -> tuple[list[tuple[Sequence, int]], int]:
-        """Admit waiting sequences and schedule prefill chunks within `budget` tokens."""
+    def _admit(self, budget: int) -> list[tuple[Sequence, int]]:
+        """Prefill chunks of the prompts under way, then admit waiting sequences, within
+        `budget` tokens."""
         chunks: list[tuple[Sequence, int]] = []
-        for seq in self.running:
+        for seq in self.prefilling:
             if budget <= 0:
                 break
-            if seq.to_prefill > 0:
-                n = min(seq.to_prefill, budget)
-                chunks.append((seq, n))
-                budget -= n
+            n = min(seq.to_prefill, budget)
+            chunks.append((seq, n))
+            budget -= n
         reserve = math.ceil(KV_WATERMARK * self.cost.kv_tokens)
-        while (self.waiting and budget > 0 and len(self.running) < self.cost.max_num_seqs):
+        while self.waiting and budget > 0 and len(self.running) < self.cost.max_num_seqs:
             seq = self.waiting[0]
             need = seq.to_prefill
             if self.kv_used + need > self.cost.kv_tokens - reserve:
                 break  # first come, first served: the head waits for room, and so do the rest
             self.waiting.popleft()
             self.running.append(seq)
-            self.kv_used += need
+            self.prefilling.append(seq)
+            self._kv_prefilling += need
             seq.kv = need
             if seq.admitted is None:
                 seq.admitted = self.now
             n = min(need, budget)
             chunks.append((seq, n))
             budget -= n
-        return chunks, budget
+        return chunks
 
-    def _preempt_for(self, decoders: list[Sequence]) -> tuple[list[Sequence], int]:
-        """Free room for one token per decoder, preempting the newest sequences."""
+    def _preempt(self, start: float) -> int:
+        """Free room for one token per decoding sequence, preempting the newest sequences."""
         preempted = 0
-        while decoders and self.kv_used + len(decoders) > self.cost.kv_tokens:
-            victim = self.running.pop()
-            self.kv_used -= victim.kv
+        while self.decoding and self.kv_used + len(self.decoding) > self.cost.kv_tokens:
+            victim = self.running[-1]
+            self._remove(victim)
             victim.kv = 0
             victim.to_prefill = victim.prompt + victim.generated  # recompute
             victim.preemptions += 1
+            if victim.last_token is not None:
+                victim.last_token = min(victim.last_token, start)
             self.waiting.appendleft(victim)
             preempted += 1
-            if victim in decoders:
-                decoders.remove(victim)
-        return decoders, preempted
+        return preempted
 
     def step(self, now: float) -> StepResult:
         """Run one engine step starting at `now` (or when the previous one ended)."""
         start = max(now, self.busy_until)
         self.now = start
-        decoders = [s for s in self.running if s.to_prefill == 0]
-        decoders, preempted = self._preempt_for(decoders)
-        chunks, _ = self._admit(self.cost.chunk_tokens - len(decoders))
-        prefill = sum(n for _, n in chunks)
-        if not decoders and not chunks:
+        preempted = self._preempt(start)
+        n = len(self.decoding)
+        chunks = self._admit(self.cost.chunk_tokens - n)
+        prefill = sum(k for _, k in chunks)
+        if not n and not chunks:
             return StepResult(start, start, preemptions=preempted)
-        context = sum(s.kv for s in decoders)
-        end = start + self.cost.step_s(len(decoders), context, prefill)
-        result = StepResult(start, end, steps=1, prefill_tokens=prefill,
-                            decode_tokens=len(decoders), preemptions=preempted)
-        for seq in decoders:
-            seq.generated += 1
-            seq.kv += 1
-            self.kv_used += 1
-            result.tokens.append((seq, end, end - _before(seq, start)))
-            seq.last_token = end
-        for seq, n in chunks:
-            seq.to_prefill -= n
+        duration = self.cost.step_s(n, self.context, prefill)
+        end = start + duration
+        result = StepResult(start, end, steps=1, prefill_tokens=prefill, decode_tokens=n,
+                            preemptions=preempted)
+        if n:
+            self.decode_steps += 1
+            if self.record_tokens:
+                for seq in self.decoding.values():
+                    result.tokens.append((seq, end, end - _before(seq, start)))
+                    self.sync(seq).last_token = end
+            else:
+                result.runs.append((n, end, duration, 0.0, 1))
+        for seq, k in chunks:
+            seq.to_prefill -= k
             if seq.to_prefill == 0:
                 # the step that completes the prompt samples a token (the first, or after a
                 # recompute the next one)
+                self.prefilling.remove(seq)
+                self._kv_prefilling -= seq.kv
                 seq.generated += 1
                 seq.kv += 1
-                self.kv_used += 1
                 if seq.first_token is None:
                     seq.first_token = end
                     result.first_tokens.append(seq)
                 else:
                     result.tokens.append((seq, end, end - _before(seq, start)))
                 seq.last_token = end
-        self._finish(result, end)
+                self._start_decoding(seq)
+        self._finish_due(result, end)
         self.busy_until = end
         self.now = end
         return result
 
-    def _finish(self, result: StepResult, end: float) -> None:
-        done = [s for s in self.running if s.generated >= s.max_tokens and s.to_prefill == 0]
-        for seq in done:
-            self.running.remove(seq)
-            self.kv_used -= seq.kv
+    def _finish_due(self, result: StepResult, end: float) -> None:
+        while self._finish and self._finish[0][0] <= self.decode_steps:
+            _, version, _, seq = heapq.heappop(self._finish)
+            if version != seq.version or seq.rid not in self.decoding:
+                continue  # stale: preempted (or restarted) since
+            self._remove(seq)
+            seq.last_token = end
             seq.kv = 0
             seq.finished = end
             result.finished.append(seq)
@@ -267,22 +343,27 @@ class ContinuousBatcher:
     def _pure_decode_run(self, until: float, next_arrival: float) -> int:
         """How many identical decode-only steps can run from now before anything else happens:
         no prefill, nothing admissible, no finish, no KV overflow, no arrival, `until`."""
-        if not self.running or any(s.to_prefill for s in self.running):
+        n = len(self.decoding)
+        if not n or self.prefilling:
             return 0
         if self.waiting and len(self.running) < self.cost.max_num_seqs:
             reserve = math.ceil(KV_WATERMARK * self.cost.kv_tokens)
             if self.kv_used + self.waiting[0].to_prefill <= self.cost.kv_tokens - reserve:
                 return 0
-        n = len(self.running)
-        k = min(s.max_tokens - s.generated for s in self.running) - 1  # the last one finishes
+        while self._finish and (self._finish[0][1] != self._finish[0][3].version
+                                or self._finish[0][3].rid not in self.decoding):
+            heapq.heappop(self._finish)  # drop stale entries
+        k = (self._finish[0][0] - self.decode_steps) - 1 if self._finish else 0  # last: a step
         k = min(k, (self.cost.kv_tokens - self.kv_used) // n)
         if k <= 1:
             return 0
         horizon = min(until, next_arrival) - self.busy_until
         if horizon <= 0:
             return 0
+        if math.isinf(horizon):
+            return k
         c = self.cost
-        a = c.step_base_s + c.per_seq_s * n + c.per_ctx_token_s * self.context_tokens()
+        a = c.step_base_s + c.per_seq_s * n + c.per_ctx_token_s * self.context
         b = c.per_ctx_token_s * n  # each step reads n more tokens of context
         # largest k with k*a + b*k*(k-1)/2 < horizon (steps that start before the horizon)
         root = ((-(a - b / 2) + math.sqrt((a - b / 2) ** 2 + 2 * b * horizon)) / b if b > 0
@@ -309,16 +390,15 @@ class ContinuousBatcher:
 
     def _jump(self, k: int, total: StepResult) -> None:
         c = self.cost
-        n = len(self.running)
-        a = c.step_base_s + c.per_seq_s * n + c.per_ctx_token_s * self.context_tokens()
+        n = len(self.decoding)
+        a = c.step_base_s + c.per_seq_s * n + c.per_ctx_token_s * self.context
         b = c.per_ctx_token_s * n
         start = self.busy_until
         end = start + k * a + b * k * (k - 1) / 2
-        for seq in self.running:
-            seq.generated += k
-            seq.kv += k
-            seq.last_token = end
-        self.kv_used += n * k
+        self.decode_steps += k
+        if self.record_tokens:
+            for seq in self.decoding.values():
+                self.sync(seq).last_token = end
         total.runs.append((n, start + a, a, b, k))
         total.steps += k
         total.decode_tokens += n * k
@@ -351,8 +431,8 @@ def run_times(first_end: float, a: float, b: float, k: int) -> Iterable[float]:
 
 def token_gaps(result: StepResult) -> list[tuple[float, int]]:
     """(seconds, tokens) pairs: the time-per-output-token observations of a result, every
-    token after a sequence's first with the time since that sequence's token before (a jumped
-    run's step j gives its `n` sequences a gap of ``a + b*j`` each)."""
+    token after a sequence's first with the time since that sequence's token before (a run's
+    step j gives its `n` sequences a gap of ``a + b*j`` each)."""
     out = [(gap, 1) for _, _, gap in result.tokens]
     for n, _first, a, b, k in result.runs:
         out.extend((a + b * j, n) for j in range(k))

@@ -186,9 +186,10 @@ class TritonPythonModel:
             prompt = int(pb_utils.get_input_tensor_by_name(request, PROMPT_INPUT).as_numpy()[0])
             wanted = int(pb_utils.get_input_tensor_by_name(request, MAX_TOKENS_INPUT).as_numpy()[0])
             sender = request.get_response_sender()
-            if prompt < 1 or wanted < 1:
+            if not self._engine.fits(prompt, wanted):
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"{PROMPT_INPUT} and {MAX_TOKENS_INPUT} must be at least 1")),
+                    f"{PROMPT_INPUT} and {MAX_TOKENS_INPUT} must be at least 1 and fit the KV "
+                    f"cache ({self._engine.cost.kv_tokens} tokens)")),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
             self._next_id += 1

@@ -60,7 +60,7 @@ def capacity_status(config: PolicyConfig, state: PolicyState, ready: int, gpus_p
     cap = policy_tokens.capacity(config.tokens, state.tokens)
     if cap is None or not math.isfinite(cap.tokens_per_minute):
         return None
-    share = config.utilization * state.gain * state.budget
+    share = config.tokens.utilization * state.gain * state.budget
     per_replica = cap.tokens_per_minute * share
     return {
         "promptTokensPerSecond": round(cap.prompt_tokens_per_s * share, 1),
