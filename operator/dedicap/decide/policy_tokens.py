@@ -179,6 +179,24 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+# Before the running sequences have spread enough to identify the step time's slope, assume a
+# tenth of a step is per-sequence cost: a decode step is mostly the weights read once (the
+# data sheets put a sequence's own cost at about 1% of the step for an 8B model); the
+# request-level fit's "half fixed" would make a few running sequences look like a full replica.
+PRIOR_PER_SEQUENCE_SHARE = 0.1
+
+
+def step_line(fit: BatchFit) -> tuple[float, float] | None:
+    """(s0, s1) of the step time ``s0 + s1*n`` (seconds, n running sequences per replica)."""
+    if fit.w <= 0.0:
+        return None
+    mn, my = fit.wb / fit.w, fit.wy / fit.w
+    if fit.wbb / fit.w - mn * mn > 1.0:  # spread enough: the least-squares line
+        return fit.coefficients()
+    s1 = PRIOR_PER_SEQUENCE_SHARE * my / max(mn, 1.0)
+    return max(my - s1 * mn, 0.0), s1
+
+
 def by_tokens(signals: TokenSignals) -> bool:
     """Whether the backend counts tokens (vLLM): else the unit of work is a request."""
     return _finite(signals.generation_token_rate)
@@ -207,7 +225,7 @@ def learn(fit: TokenFit, s: TokenSignals, ready: int, window_s: float, now: floa
     if _finite(now_running) and now_running >= 1.0 and _finite(s.kv_usage) and s.kv_usage > 0:
         changes["kv_per_seq"] = fit.kv_per_seq.add(min(s.kv_usage / now_running, 1.0),
                                                    now_running, decay)
-    coef = step.coefficients()
+    coef = step_line(step)
     # the prefill part of TTFT, from windows in which no request waited for room anywhere
     if (coef is not None and _finite(s.ttft_ms) and _finite(s.waiting_max)
             and s.waiting_max < 0.5 and _finite(running)):
@@ -277,7 +295,7 @@ def capacity(slo: TokenSLO, fit: TokenFit, tokens: bool = True) -> TokenCapacity
         name = min(bounds, key=lambda k: bounds[k])
         n = max(bounds[name], 1.0)
         return TokenCapacity(n / per_request, n, name)
-    coef = fit.step.coefficients()
+    coef = step_line(fit.step)
     if coef is None:
         return None
     s0, s1 = coef
