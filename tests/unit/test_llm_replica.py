@@ -132,7 +132,7 @@ workloads = st.lists(st.tuples(st.floats(0.0, 5.0), st.integers(1, 700), st.inte
                      min_size=1, max_size=25)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(workload=workloads, horizon=st.floats(0.5, 30.0))
 def test_jumping_over_decode_runs_changes_nothing(workload: list[tuple[float, int, int]],
                                                   horizon: float) -> None:

@@ -274,12 +274,15 @@ class ContinuousBatcher:
         preempted = 0
         while self.decoding and self.kv_used + len(self.decoding) > self.cost.kv_tokens:
             victim = self.running[-1]
+            was_decoding = victim.rid in self.decoding
             self._remove(victim)
             victim.kv = 0
             victim.to_prefill = victim.prompt + victim.generated  # recompute
             victim.preemptions += 1
-            if victim.last_token is not None:
-                victim.last_token = min(victim.last_token, start)
+            if was_decoding and not self.record_tokens:
+                # its last token came at the end of the step before (steps run back to back
+                # while it decodes); kept lazily, so set here
+                victim.last_token = start
             self.waiting.appendleft(victim)
             preempted += 1
         return preempted
