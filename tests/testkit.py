@@ -197,3 +197,24 @@ class SimPool:
         for n in self.created_nodes:
             self.stack.kubectl("delete", "node", n, "--ignore-not-found", "--wait=false",
                                check=False)
+
+
+def live_autoscaler(stack: Any, log_dir: Path, namespaces: str, peering: str,
+                    eval_s: int) -> OperatorProcess:
+    """An operator (not started) as the live autoscaling tests run it, after installing the
+    CRDs and the example pools: it serves `namespaces` (a glob) with a peering object of its
+    own, reads the stack's Prometheus (scraped every 2 s) over a 20-s window, evaluates every
+    `eval_s` seconds and assumes replicas start in 10 s."""
+    stack.kubectl("apply", "-f", str(ROOT / "crds"))
+    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
+    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
+    return OperatorProcess(
+        stack, log_dir,
+        ["--namespace", namespaces, "--peering-lifetime", "10",
+         "--pool-refresh-seconds", "2", "--resync-seconds", "5",
+         "--prometheus-url", stack.prometheus_url,
+         "--evaluation-interval", str(eval_s), "--scrape-interval", "2",
+         "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
+         "--verbose"],
+        peering=peering)

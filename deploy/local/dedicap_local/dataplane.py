@@ -50,9 +50,13 @@ TARGET_PREFIX = "pod."
 
 # ModelSpec fields that a running model picks up through its control file; the others are in
 # config.pbtxt and need a new process.
-LIVE_FIELDS = ("base_ms", "per_item_ms", "fail_ratio", "jitter")
+LIVE_FIELDS = ("base_ms", "per_item_ms", "fail_ratio", "jitter", *triton.LLM_FIELDS)
 # The container ports the operator renders (http, grpc, metrics), used on the pod's address.
 POD_PORTS = (8000, 8001, 8002)
+# A pod of a ModelDeployment whose metrics profile is an LLM backend's (the operator annotates
+# its pods) runs the streaming LLM replica instead of the request-level one.
+PROFILE_ANNOTATION = "dedicap.dev/metrics-profile"
+LLM_PROFILES = ("vllm", "tensorrtllm")
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -116,6 +120,9 @@ def _coerce(spec: triton.ModelSpec, values: Mapping[str, Any]) -> triton.ModelSp
         if key not in types or key == "name":
             continue
         try:
+            if types[key] in (str, "str"):
+                changes[key] = str(value)
+                continue
             changes[key] = int(float(value)) if types[key] in (int, "int") else float(value)
         except (TypeError, ValueError):
             LOG.warning("ignoring simulation setting %s=%r", raw_key, value)
@@ -128,6 +135,8 @@ def sim_spec(pod: Mapping[str, Any], pool: str, sim: Mapping[str, Any]) -> trito
     namespace = str(meta.get("namespace", ""))
     md = str((meta.get("labels") or {}).get(MD_LABEL, ""))
     spec = triton.ModelSpec(name=model_name(pod))
+    if (meta.get("annotations") or {}).get(PROFILE_ANNOTATION) in LLM_PROFILES:
+        spec = replace(spec, kind=triton.KIND_LLM)
     layers: list[Mapping[str, Any]] = [
         sim.get("default") or {},
         (sim.get("pools") or {}).get(pool) or {},
