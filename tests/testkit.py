@@ -96,12 +96,14 @@ class OperatorProcess:
     each start logs to its own file, and /metrics is served on a free loopback port."""
 
     def __init__(self, stack: Any, log_dir: Path, args: Sequence[str],
-                 peering: str | None = None) -> None:
+                 peering: str | None = None, metrics_address: str = "127.0.0.1",
+                 metrics_port: int | None = None) -> None:
         self.stack = stack
         self.log_dir = log_dir
         self.peering = peering
         self.args = [*args, *(["--peering", peering] if peering else [])]
-        self.metrics_port = free_port()
+        self.metrics_address = metrics_address
+        self.metrics_port = metrics_port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -115,7 +117,8 @@ class OperatorProcess:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dedicap.cli", "run", *self.args,
-                 "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
+                 "--metrics-port", str(self.metrics_port),
+                 "--metrics-address", self.metrics_address],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     def kill(self) -> None:
@@ -136,7 +139,7 @@ class OperatorProcess:
         self.proc = None
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+        with urllib.request.urlopen(f"http://{self.metrics_address}:{self.metrics_port}/metrics",
                                     timeout=5) as resp:
             return str(resp.read().decode())
 
@@ -223,3 +226,24 @@ class SimPool:
         for n in self.created_nodes:
             self.stack.kubectl("delete", "node", n, "--ignore-not-found", "--wait=false",
                                check=False)
+
+
+def live_autoscaler(stack: Any, log_dir: Path, namespaces: str, peering: str,
+                    eval_s: int) -> OperatorProcess:
+    """An operator (not started) as the live autoscaling tests run it, after installing the
+    CRDs and the example pools: it serves `namespaces` (a glob) with a peering object of its
+    own, reads the stack's Prometheus (scraped every 2 s) over a 20-s window, evaluates every
+    `eval_s` seconds and assumes replicas start in 10 s."""
+    stack.kubectl("apply", "-f", str(ROOT / "crds"))
+    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
+    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
+    return OperatorProcess(
+        stack, log_dir,
+        ["--namespace", namespaces, "--peering-lifetime", "10",
+         "--pool-refresh-seconds", "2", "--resync-seconds", "5",
+         "--prometheus-url", stack.prometheus_url,
+         "--evaluation-interval", str(eval_s), "--scrape-interval", "2",
+         "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
+         "--verbose"],
+        peering=peering)

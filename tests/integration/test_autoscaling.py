@@ -17,19 +17,16 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import faults
 from dedicap_local import dataplane, loadgen, prometheus
-from testkit import OperatorProcess, kget, release_operator_state, wait_for
+from testkit import OperatorProcess, kget, live_autoscaler, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "deploy" / "examples"
 EVAL_S = 5
 # One replica: t(b) = 100 + 10*b ms per batch of b <= 4 -> at most 4/0.14 = 28.6 req/s.
 SLOW_MODEL = {"max_batch_size": 4, "base_ms": 100, "per_item_ms": 10}
@@ -38,19 +35,8 @@ TARGET_MS = 400.0
 
 @pytest.fixture(scope="module")
 def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
-    stack.kubectl("apply", "-f", str(EXAMPLES / "gpupools.yaml"))
-    op = OperatorProcess(
-        stack, tmp_path_factory.mktemp("autoscaling"),
-        ["--namespace", "dcp-as-*", "--peering-lifetime", "10",
-         "--pool-refresh-seconds", "2", "--resync-seconds", "5",
-         "--prometheus-url", stack.prometheus_url,
-         "--evaluation-interval", str(EVAL_S), "--scrape-interval", "2",
-         "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
-         "--verbose"],
-        peering=f"dedicap-as-{uuid.uuid4().hex[:6]}")
+    op = live_autoscaler(stack, tmp_path_factory.mktemp("autoscaling"), "dcp-as-*",
+                         f"dedicap-as-{uuid.uuid4().hex[:6]}", EVAL_S)
     op.start()
     yield op
     op.stop()

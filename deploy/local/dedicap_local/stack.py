@@ -283,6 +283,9 @@ def down(stack: Stack | None = None, *, purge: bool = False) -> None:
     """Stop every component (data plane and Triton processes first); optionally delete state."""
     stack = stack or Stack()
     procs.stop(stack.run_dir, "operator")  # the demo's operator, if it runs
+    from dedicap_local import monitoring
+
+    monitoring.down(stack.run_dir)
     procs.stop(stack.run_dir, "dataplane")
     # Triton processes of the data plane are tracked in the same pid folder.
     pid_dir = stack.run_dir / "pids"

@@ -35,6 +35,11 @@ from dedicap_local import procs
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 MODEL_SOURCE = Path(__file__).parent / "models" / "simulated_replica.py"
+LLM_SOURCE = Path(__file__).parent / "models" / "streaming_llm.py"
+KIND_BATCH, KIND_LLM = "batch", "llm"
+# ModelSpec fields the streaming LLM model reads (models/streaming_llm.py, LLMBehaviour)
+LLM_FIELDS = ("step_ms", "per_seq_ms", "per_ctx_token_us", "prefill_ms_per_token", "kv_tokens",
+              "max_num_seqs", "chunk_tokens")
 
 
 def _pytriton_root() -> Path:
@@ -106,6 +111,16 @@ class ModelSpec:
     # Queue bound: requests beyond it are refused at once (Triton 2.51: not counted as REJECTED).
     max_queue_size: int = 0
     instance_count: int = 1
+    # "llm": the streaming LLM replica (models/streaming_llm.py) instead of the request-level
+    # one; the fields below are its cost and budgets, and fail_ratio applies to it as well
+    kind: str = KIND_BATCH
+    step_ms: float = 50.0
+    per_seq_ms: float = 5.0
+    per_ctx_token_us: float = 0.0
+    prefill_ms_per_token: float = 0.05
+    kv_tokens: int = 6000
+    max_num_seqs: int = 16
+    chunk_tokens: int = 512
 
     def capacity_rps(self) -> float:
         """Throughput when every batch is full: the most this replica can serve."""
@@ -114,7 +129,9 @@ class ModelSpec:
 
 
 def render_config(spec: ModelSpec, control_file: Path | None = None) -> str:
-    """config.pbtxt for the simulated replica."""
+    """config.pbtxt for the simulated replica (or the streaming LLM one)."""
+    if spec.kind == KIND_LLM:
+        return render_llm_config(spec, control_file)
     params = {
         "base_ms": spec.base_ms,
         "per_item_ms": spec.per_item_ms,
@@ -151,12 +168,33 @@ def render_config(spec: ModelSpec, control_file: Path | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_llm_config(spec: ModelSpec, control_file: Path | None = None) -> str:
+    """config.pbtxt for the streaming LLM replica: decoupled, one request per execute."""
+    lines = [
+        f'name: "{spec.name}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "model_transaction_policy { decoupled: true }",
+        'input [ { name: "PROMPT_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] },',
+        '        { name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] } ]',
+        'output [ { name: "TOKEN" data_type: TYPE_INT32 dims: [ 1 ] } ]',
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+    ]
+    params: dict[str, object] = {key: getattr(spec, key) for key in (*LLM_FIELDS, "fail_ratio")}
+    if control_file is not None:
+        params["control_file"] = control_file
+    for key, value in params.items():
+        lines.append(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
 def write_model_repository(repo: Path, spec: ModelSpec, control_file: Path | None = None) -> Path:
     """Generate `<repo>/<model>/{config.pbtxt,1/model.py}`; returns the repository path."""
     model_dir = repo / spec.name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(render_config(spec, control_file))
-    shutil.copyfile(MODEL_SOURCE, model_dir / "1" / "model.py")
+    source = LLM_SOURCE if spec.kind == KIND_LLM else MODEL_SOURCE
+    shutil.copyfile(source, model_dir / "1" / "model.py")
     return repo
 
 
@@ -165,6 +203,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def can_listen_on(address: str) -> bool:
+    """Whether this machine can bind `address` (a pod address routed to the loopback device)."""
+    try:
+        with socket.socket() as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
 
 
 def free_ports(count: int) -> list[int]:
@@ -192,26 +240,28 @@ class TritonHandle:
     metrics_port: int
     run_dir: str
     spec: dict[str, Any] = field(default_factory=dict)
+    # Where it listens: 127.0.0.1, or the pod's own address on the local stack.
+    address: str = "127.0.0.1"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.http_address}"
 
     @property
     def http_address(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.address}:{self.http_port}"
 
     @property
     def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.address}:{self.grpc_port}"
 
     @property
     def metrics_address(self) -> str:
-        return f"127.0.0.1:{self.metrics_port}"
+        return f"{self.address}:{self.metrics_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.metrics_address}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -238,7 +288,7 @@ def instance_dir(run_dir: Path, name: str) -> Path:
 
 
 def server_argv(repo: Path, backends: Path, model: str, http_port: int, grpc_port: int,
-                metrics_port: int) -> list[str]:
+                metrics_port: int, address: str = "127.0.0.1") -> list[str]:
     return [
         str(tritonserver_binary()),
         f"--model-repository={repo}",
@@ -246,11 +296,11 @@ def server_argv(repo: Path, backends: Path, model: str, http_port: int, grpc_por
         f"--load-model={model}",
         "--strict-readiness=true",
         f"--backend-directory={backends}",
-        "--http-address=127.0.0.1",
+        f"--http-address={address}",
         f"--http-port={http_port}",
-        "--grpc-address=127.0.0.1",
+        f"--grpc-address={address}",
         f"--grpc-port={grpc_port}",
-        "--metrics-address=127.0.0.1",
+        f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         "--metrics-config=summary_latencies=true",
         "--allow-gpu-metrics=false",
@@ -282,8 +332,9 @@ def start_triton(
     *,
     timeout: float = 120.0,
     wait: bool = True,
+    address: str = "127.0.0.1",
 ) -> TritonHandle:
-    """Start a tritonserver named `name` serving `model` on 127.0.0.1 (ports chosen if omitted).
+    """Start a tritonserver named `name` serving `model` on `address` (ports chosen if omitted).
 
     Idempotent per name: if that instance already runs, returns its handle. With `wait`, returns
     once the model itself is ready (raises TimeoutError with the server's log tail otherwise, and
@@ -305,10 +356,11 @@ def start_triton(
         shutil.rmtree(home / "repo", ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
     handle = TritonHandle(name=name, model=spec.name, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, run_dir=str(run_dir), spec=asdict(spec))
+                          metrics_port=metrics_port, run_dir=str(run_dir), spec=asdict(spec),
+                          address=address)
     repo = write_model_repository(home / "repo", spec, handle.control_file)
     backends = prepare_backends(run_dir)
-    argv = server_argv(repo, backends, spec.name, http_port, grpc_port, metrics_port)
+    argv = server_argv(repo, backends, spec.name, http_port, grpc_port, metrics_port, address)
     # Empty log per start, so a failure's tail is this start's.
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     handle.log_file.write_bytes(b"")
@@ -378,7 +430,8 @@ def list_instances(run_dir: Path) -> list[TritonHandle]:
 
 
 def set_behaviour(handle: TritonHandle, **overrides: float) -> None:
-    """Change the running model's behaviour (base_ms, per_item_ms, fail_ratio, jitter) live.
+    """Change the running model's behaviour (base_ms, per_item_ms, fail_ratio, jitter; for the
+    streaming LLM model its LLM_FIELDS and fail_ratio) live.
 
     The model reads the control file at most twice a second; an empty call restores its config.
     """

@@ -276,6 +276,10 @@ def _no_credentials(uri: str) -> str:
     return uri
 
 
+MetricsProfile = Literal["request", "vllm", "tensorrtllm"]
+LLM_PROFILES: Final = ("vllm", "tensorrtllm")
+
+
 class ModelSpec(_Model):
     """The model Triton serves."""
 
@@ -298,6 +302,16 @@ class ModelSpec(_Model):
         "version policy in its config decides what Triton loads."))
     backend: str | None = Field(None, max_length=64, pattern=r"^[a-z][a-z0-9_]*$", description=(
         "Triton backend, e.g. `tensorrtllm`, `python`, `onnxruntime` (informational)."))
+    metrics_profile: MetricsProfile = Field(
+        "request", alias="metricsProfile", json_schema_extra={"default": "request"},
+        description=(
+            "Which metrics the replicas publish, and so which objectives the autoscaler can "
+            "keep: `request` (Triton's request-level metrics, any backend), `vllm` (a "
+            "streaming LLM on Triton's vLLM backend: vLLM's own families, e.g. "
+            "`vllm:time_to_first_token_seconds`, with custom metrics on) or `tensorrtllm` (a "
+            "streaming LLM on the TensorRT-LLM backend: its `nv_trt_llm_*` families and "
+            "Triton's time to first response). The LLM profiles allow token-level objectives "
+            "(`autoscaling.slo.timeToFirstToken`, `timePerOutputToken`)."))
 
 
 class EnvVar(_Model):
@@ -382,20 +396,50 @@ class ErrorRateSLO(_Model):
         "Largest acceptable error ratio, between 0 and 1, e.g. 0.001 for 0.1%."))
 
 
+class TokenLatencySLO(_Model):
+    """A token-level latency objective of a streaming LLM: the given percentile stays under
+    targetMs."""
+
+    percentile: float = Field(95.0, gt=0, lt=100, description=(
+        "Percentile, strictly between 0 and 100, e.g. 95 or 99 (of requests for the time to "
+        "first token, of generated tokens for the time per output token)."))
+    target_ms: float = Field(alias="targetMs", gt=0, le=600_000,
+                             description="Target in milliseconds (> 0).")
+
+
 class SLOSpec(_Model):
     """Service level objective the autoscaler keeps."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_cel(
-        "has(self.latency) || has(self.errorRate)",
-        "spec.autoscaling.slo needs `latency`, `errorRate` or both", None, "FieldValueRequired")]})
+        "has(self.latency) || has(self.errorRate) || has(self.timeToFirstToken) || "
+        "has(self.timePerOutputToken)",
+        "spec.autoscaling.slo needs at least one of `latency`, `errorRate`, "
+        "`timeToFirstToken`, `timePerOutputToken`", None, "FieldValueRequired")]})
 
-    latency: LatencySLO | None = None
+    latency: LatencySLO | None = Field(None, description=(
+        "Request latency: Triton's whole request (for a streaming LLM, until its last token)."))
     error_rate: ErrorRateSLO | None = Field(None, alias="errorRate")
+    time_to_first_token: TokenLatencySLO | None = Field(
+        None, alias="timeToFirstToken", description=(
+            "Time to first token of a streaming LLM (needs spec.model.metricsProfile `vllm` or "
+            "`tensorrtllm`): from the request's arrival to its first token, queueing and "
+            "prefill included."))
+    time_per_output_token: TokenLatencySLO | None = Field(
+        None, alias="timePerOutputToken", description=(
+            "Time per output token of a streaming LLM after its first (needs "
+            "spec.model.metricsProfile `vllm`: TensorRT-LLM's backend publishes no per-token "
+            "latency)."))
+
+    @property
+    def token_level(self) -> bool:
+        return self.time_to_first_token is not None or self.time_per_output_token is not None
 
     @model_validator(mode="after")
     def _something_to_keep(self) -> SLOSpec:
-        if self.latency is None and self.error_rate is None:
-            raise ValueError("spec.autoscaling.slo needs `latency`, `errorRate` or both")
+        if (self.latency is None and self.error_rate is None
+                and not self.token_level):
+            raise ValueError("spec.autoscaling.slo needs at least one of `latency`, "
+                             "`errorRate`, `timeToFirstToken`, `timePerOutputToken`")
         return self
 
 
@@ -466,6 +510,14 @@ class AccessSpec(_Model):
         description="Namespaces, by label, whose pods may call the model.")
 
 
+_TOKEN_SLO_NEEDS_LLM = (
+    "spec.autoscaling.slo.timeToFirstToken and timePerOutputToken need spec.model."
+    "metricsProfile `vllm` or `tensorrtllm`: a request-level model publishes no token latency")
+_TPOT_NEEDS_VLLM = (
+    "spec.autoscaling.slo.timePerOutputToken needs spec.model.metricsProfile `vllm`: "
+    "TensorRT-LLM's backend publishes no per-token latency (use timeToFirstToken)")
+
+
 class ModelDeploymentSpec(_Model):
     """Desired state of a private model deployment."""
 
@@ -475,6 +527,13 @@ class ModelDeploymentSpec(_Model):
              "self.replicas <= self.autoscaling.maxReplicas)",
              "spec.replicas must be within [spec.autoscaling.minReplicas, "
              "spec.autoscaling.maxReplicas] when autoscaling is set", ".replicas"),
+        _cel("!has(self.autoscaling) || (!has(self.autoscaling.slo.timeToFirstToken) && "
+             "!has(self.autoscaling.slo.timePerOutputToken)) || "
+             "(has(self.model.metricsProfile) && self.model.metricsProfile != 'request')",
+             _TOKEN_SLO_NEEDS_LLM, ".model.metricsProfile"),
+        _cel("!has(self.autoscaling) || !has(self.autoscaling.slo.timePerOutputToken) || "
+             "!has(self.model.metricsProfile) || self.model.metricsProfile != 'tensorrtllm'",
+             _TPOT_NEEDS_VLLM, ".autoscaling.slo.timePerOutputToken"),
     ]})
 
     model: ModelSpec
@@ -498,6 +557,21 @@ class ModelDeploymentSpec(_Model):
             raise ValueError("spec.replicas must be within [spec.autoscaling.minReplicas, "
                              "spec.autoscaling.maxReplicas] when autoscaling is set")
         return self
+
+    @model_validator(mode="after")
+    def _token_objectives_need_an_llm_profile(self) -> ModelDeploymentSpec:
+        slo = self.autoscaling.slo if self.autoscaling is not None else None
+        if slo is not None and slo.token_level and self.model.metrics_profile == "request":
+            raise ValueError(_TOKEN_SLO_NEEDS_LLM)
+        if (slo is not None and slo.time_per_output_token is not None
+                and self.model.metrics_profile == "tensorrtllm"):
+            raise ValueError(_TPOT_NEEDS_VLLM)
+        return self
+
+    @property
+    def llm(self) -> bool:
+        """Whether the replicas serve a streaming LLM (a token-level metrics profile)."""
+        return self.model.metrics_profile in LLM_PROFILES
 
     def desired_replicas(self) -> int:
         """The replica count the operator runs: spec.replicas, else the autoscaling floor, else
@@ -531,8 +605,46 @@ class ObservedMetrics(_Model):
                                       description="Failed / all requests.")
     request_rate: float | None = Field(None, alias="requestRate", ge=0,
                                        description="Requests per second.")
+    ttft_ms: float | None = Field(None, alias="ttftMs", ge=0, description=(
+        "A streaming LLM's time to first token at the SLO's percentile (95 without one), ms."))
+    tpot_ms: float | None = Field(None, alias="tpotMs", ge=0, description=(
+        "A streaming LLM's time per output token at the SLO's percentile (95 without one), "
+        "ms."))
+    prompt_tokens_per_second: float | None = Field(
+        None, alias="promptTokensPerSecond", ge=0, description="Prompt tokens prefilled per "
+        "second, all replicas.")
+    generation_tokens_per_second: float | None = Field(
+        None, alias="generationTokensPerSecond", ge=0, description="Tokens generated per "
+        "second, all replicas.")
+    kv_cache_usage: float | None = Field(None, alias="kvCacheUsage", ge=0, le=1, description=(
+        "The fullest replica's KV-cache usage, 0 to 1."))
+    waiting_requests: float | None = Field(None, alias="waitingRequests", ge=0, description=(
+        "Requests waiting for room in the replicas' batches (KV cache or sequence limit)."))
     sampled_at: datetime | None = Field(None, alias="sampledAt",
                                         description="Time of the observation.")
+
+
+class TokenCapacity(_Model):
+    """What a streaming LLM's replicas serve within its token-level SLO, learned from its own
+    metrics: the figure provisioned-throughput offerings sell (tokens per minute)."""
+
+    prompt_tokens_per_second: float = Field(0.0, alias="promptTokensPerSecond", ge=0,
+                                            description="Prompt tokens per second, one replica.")
+    generation_tokens_per_second: float = Field(
+        0.0, alias="generationTokensPerSecond", ge=0,
+        description="Generated tokens per second, one replica.")
+    tokens_per_minute_per_replica: float = Field(
+        0.0, alias="tokensPerMinutePerReplica", ge=0,
+        description="Prompt and generated tokens per minute, one replica.")
+    tokens_per_minute_per_gpu: float = Field(0.0, alias="tokensPerMinutePerGPU", ge=0,
+                                             description="The same per GPU.")
+    tokens_per_minute: float = Field(0.0, alias="tokensPerMinute", ge=0, description=(
+        "Prompt and generated tokens per minute the ready replicas serve within the SLO."))
+    limited_by: str = Field("", alias="limitedBy", max_length=64, description=(
+        "What bounds a replica: `timePerOutputToken`, `timeToFirstToken`, `kvCache` or "
+        "`maxSequences`."))
+    measured_at: datetime | None = Field(None, alias="measuredAt",
+                                         description="When it was last learned.")
 
 
 class ScaleDecision(_Model):
@@ -597,6 +709,8 @@ class ModelDeploymentStatus(_Model):
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["pool"]},
         description="Replicas per pool.")
     observed: ObservedMetrics | None = None
+    token_capacity: TokenCapacity | None = Field(None, alias="tokenCapacity", description=(
+        "A streaming LLM's token capacity within its SLO (once measured)."))
     last_scale: ScaleDecision | None = Field(None, alias="lastScale")
     cost: CostStatus | None = None
     autoscaler: AutoscalerMemory | None = None
@@ -678,6 +792,20 @@ class CapacityReservationSpec(_Model):
     window: ValidityWindow | None = None
 
 
+class ReservationTokenCapacity(_Model):
+    """One streaming LLM's token capacity on a reservation."""
+
+    model_deployment: str = Field(alias="modelDeployment", max_length=128,
+                                  description="`<namespace>/<name>` of the ModelDeployment.")
+    tokens_per_minute_per_gpu: float = Field(0.0, alias="tokensPerMinutePerGPU", ge=0,
+                                             description="Within its SLO, per GPU.")
+    tokens_per_minute: float = Field(0.0, alias="tokensPerMinute", ge=0, description=(
+        "Within its SLO, on the reserved GPUs its replicas use now."))
+    tokens_per_minute_reserved: float = Field(
+        0.0, alias="tokensPerMinuteReserved", ge=0,
+        description="Within its SLO, were all the reservation's GPUs running it.")
+
+
 class CapacityReservationStatus(_Model):
     """Usage of the reservation."""
 
@@ -690,6 +818,11 @@ class CapacityReservationStatus(_Model):
     headroom_gpus: int = Field(0, alias="headroomGPUs", ge=0,
                                description="Reserved GPUs not in use.")
     message: str = Field("", max_length=4096, description="Why it is or is not admitted.")
+    token_capacity: list[ReservationTokenCapacity] = Field(
+        default_factory=list, alias="tokenCapacity", max_length=64, json_schema_extra={
+            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["modelDeployment"]},
+        description=("What the reservation's GPUs buy in tokens, per streaming LLM using it, "
+                     "at that model's measured capacity within its SLO."))
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=_CONDITIONS_EXTRA,
                                        description=_CONDITIONS)
 

@@ -42,6 +42,7 @@ from dedicap.controller.kube import KINDS, Kube, KubeError
 from dedicap.controller.loop import BackgroundLoop
 from dedicap.controller.peering import PeeringGate, serves
 from dedicap.controller.reconcile import CapacityPlanner
+from dedicap.controller.status import tokens as st_tokens
 from dedicap.controller.status.capacity import pool_status, reservation_status
 from dedicap.controller.view import ClusterView
 from dedicap.decide import capacity_objects as co
@@ -177,6 +178,9 @@ class CapacityLoop(BackgroundLoop):
                             state.invalid_reservations.get(name, "invalid"))
                 continue
             fields, conds = reservation_status(cr, plan.admissions[name], plan.usage[name])
+            fields["tokenCapacity"] = st_tokens.reservation_capacity(
+                cr, plan.usage[name], {f"{m['metadata']['namespace']}/{m['metadata']['name']}": m
+                                       for m in self.view.modeldeployments()})
             self._write_status("CapacityReservation", raw, fields, conds, now)
 
     def _pools(self, plan: CapacityPlan | None, state: ClusterState) -> None:

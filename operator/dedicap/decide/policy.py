@@ -59,8 +59,10 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from dedicap.decide import policy_tokens
 from dedicap.decide.forecast import HoltState, holt_forecast, holt_update
 from dedicap.decide.policy_capacity import BatchFit, learn_batch_time, slo_batch_capacity
+from dedicap.decide.policy_tokens import TokenFit, TokenSignals, TokenSLO
 
 Direction = Literal["up", "down", "hold"]
 
@@ -115,6 +117,9 @@ class PolicyConfig:
     # delay, which only the outcome measures.
     miss_budget: float = 0.005
     budget_step: float = 0.01
+    # A streaming LLM's token-level objectives: then the policy runs in tokens
+    # (policy_tokens.py); None for request-level models.
+    tokens: TokenSLO | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ class ObservationWindow:
     ready_replicas: int = 0
     starting_replicas: int = 0
     current_replicas: int = 0  # the count asked for now (spec.replicas)
+    tokens: TokenSignals | None = None  # a streaming LLM's token signals
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,7 @@ class PolicyState:
     verdict_t: float | None = None  # when a window was last judged for the error budget
     last_queue: float | None = None  # queued requests at the last evaluation with fresh data
     last_queue_t: float | None = None
+    tokens: TokenFit | None = None  # a streaming LLM's learned token capacity
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -201,6 +208,7 @@ class PolicyState:
             verdict_t=d.get("verdict_t"),
             last_queue=d.get("last_queue"),
             last_queue_t=d.get("last_queue_t"),
+            tokens=TokenFit.from_dict(d["tokens"]) if d.get("tokens") else None,
         )
 
 
@@ -238,6 +246,8 @@ def _check_state(d: Any) -> None:
                 _number(part.get(key), f"{name}.{key}")
         if part.get("t") is not None:
             _number(part["t"], f"{name}.t")
+    if d.get("tokens") is not None:
+        policy_tokens.check_token_fit(d["tokens"], _number)
     for name, integer in (("recent", False), ("recommendations", True), ("history", True)):
         points = d.get(name, [])
         if not isinstance(points, list) or len(points) > _MAX_POINTS:
@@ -372,6 +382,9 @@ def decide(
     replica_limit: int | None = None,
 ) -> Decision:
     """The desired replica count for one evaluation (see the module docstring)."""
+    if config.tokens is not None:
+        # a streaming LLM: the same policy with a generated token as the unit of work
+        return policy_tokens.decide_in_tokens(config, window, state, now, replica_limit, decide)
     current = max(window.current_replicas, 0)
     lo, hi = _limits(config, replica_limit)
     offered = _offered(window)
