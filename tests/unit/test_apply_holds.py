@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dedicap.controller.apply import holds
+from dedicap.controller.apply import Action, holds, merge_created
 
 DESIRED: dict[str, Any] = {
     "apiVersion": "v1", "kind": "Service",
@@ -44,3 +44,15 @@ json_values = st.recursive(
 @given(json_values)
 def test_everything_holds_itself(value: Any) -> None:
     assert holds(value, value)
+
+
+def test_children_created_together_are_one_event_and_other_actions_stay() -> None:
+    actions = [Action("Normal", "Created", "created Deployment chat-h100"),
+               Action("Normal", "Updated", "updated Service chat"),
+               Action("Normal", "Created", "created PodDisruptionBudget chat")]
+    merged = merge_created(actions)
+    assert merged == [Action("Normal", "Created",
+                             "created Deployment chat-h100, PodDisruptionBudget chat"),
+                      Action("Normal", "Updated", "updated Service chat")]
+    # a single creation is left as it is
+    assert merge_created(actions[:2]) == actions[:2]

@@ -80,6 +80,18 @@ def _describe_change(key: ChildKey, before: Mapping[str, Any] | None,
     return Action("Normal", "Updated", f"updated {key.kind} {key.name}")
 
 
+def merge_created(actions: Sequence[Action]) -> list[Action]:
+    """One Event for the children created in one reconcile ("created Deployment a-h100,
+    Service a, ..."), not one each: a new ModelDeployment's explanation in one line, and a
+    fleet of new ones a quarter of the Events to post."""
+    created = [a for a in actions if a.reason == "Created"]
+    if len(created) < 2:
+        return list(actions)
+    merged = Action("Normal", "Created", "created " + ", ".join(
+        a.message.removeprefix("created ") for a in created))
+    return [merged, *(a for a in actions if a.reason != "Created")]
+
+
 def _wanted(deployment: Mapping[str, Any]) -> int:
     return int((deployment.get("spec") or {}).get("replicas", 1))
 

@@ -168,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        namespaces=namespaces, instance=instance,
                        lifetime_s=args.peering_lifetime, read=view.peering_status)
     events = EventRecorder(kube, instance)
+    metrics.events_pending.set_function(events.pending)
     planner = CapacityPlanner() if args.capacity else None
     reconciler = Reconciler(kube, view, events,
                             RenderOptions(monitoring_namespaces=tuple(monitoring),

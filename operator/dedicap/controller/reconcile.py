@@ -22,7 +22,7 @@ from dedicap.api import conditions as c
 from dedicap.api.models import ModelDeployment
 from dedicap.controller import status
 from dedicap.controller.accounting import Accountant
-from dedicap.controller.apply import Action, apply_children, owned_by
+from dedicap.controller.apply import Action, apply_children, merge_created, owned_by
 from dedicap.controller.events import EventRecorder
 from dedicap.controller.kube import Kube, KubeError
 from dedicap.controller.status.autoscaling import keep_autoscaler_conditions
@@ -155,7 +155,7 @@ class Reconciler:
                     raise  # retried with backoff; nothing to report that is true
                 problem = Problem("ApplyFailed", f"the API server refused a child: {err}")
             else:
-                actions, waiting = result.actions, result.waiting_to_delete
+                actions, waiting = merge_created(result.actions), result.waiting_to_delete
                 deployments = result.deployments()
                 writes += result.writes
         report = compute(md, placement, problem, deployments,

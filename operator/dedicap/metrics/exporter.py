@@ -162,6 +162,10 @@ class OperatorMetrics:
             "Watches of the shared cache started again, by kind and cause (relist: listed "
             "again; reconnect: resumed after a broken connection).", ["kind", "cause"],
             registry=r)
+        self.events_pending = Gauge(
+            "dedicap_events_pending",
+            "Events handed to the poster and not yet posted: the explanations' backlog (a "
+            "burst of changes raises it; it drains in seconds).", registry=r)
         self._md_metrics: tuple[MetricWrapperBase, ...] = (
             self.desired_replicas, self.ready_replicas, self.error_ratio, self.request_rate,
             self.metrics_available, self.latency_objective, self.error_ratio_objective)
