@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -119,9 +121,13 @@ class Report:
     dropped: int = 0  # arrivals not sent: too many in flight
     no_endpoints: int = 0  # arrivals not sent: no ready replica
     latencies: list[float] = field(default_factory=list)
+    # every request sent: (seconds from the start when it was sent, latency in s or NaN when it
+    # failed), so that a caller can judge any window (a minute, the time after a step)
+    timeline: list[tuple[float, float]] = field(default_factory=list)
     per_step: list[dict[str, Any]] = field(default_factory=list)
     per_endpoint: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    started_at: float = 0.0  # unix time of offset 0
 
     @property
     def failed(self) -> int:
@@ -176,8 +182,12 @@ class Endpoints:
 async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | None = None,
                 max_requests: int | None = None, max_in_flight: int = 256,
                 timeout_s: float = 10.0, stop: threading.Event | None = None,
-                model: str | None = None) -> Report:
-    """Run `profile` against `endpoints` (entries with `grpc` and `model`) and report."""
+                model: str | None = None, arrivals: Sequence[float] | None = None) -> Report:
+    """Run `profile` against `endpoints` (entries with `grpc` and `model`) and report.
+
+    With `arrivals` (sorted offsets in seconds, e.g. a trace's own request times), those are
+    the send times instead of Poisson draws; `profile` then only names the steps the report
+    counts them in."""
     import tritonclient.grpc.aio as grpcclient
 
     rng = random.Random(seed)
@@ -190,8 +200,9 @@ async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | No
     in_flight: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
     start = loop.time()
+    report.started_at = time.time()
 
-    async def one(endpoint: dict[str, str], index: int) -> None:
+    async def one(endpoint: dict[str, str], index: int, sent_at: float) -> None:
         address = endpoint["grpc"]
         client = clients.get(address)
         if client is None:
@@ -203,16 +214,20 @@ async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | No
             await client.infer(model or endpoint["model"], [inp], client_timeout=timeout_s)
         except Exception as err:
             report.failures[classify(err)] += 1
+            report.timeline.append((sent_at, math.nan))
             steps[index]["failed"] += 1
             return
         latency = time.perf_counter() - t0
         report.succeeded += 1
         report.latencies.append(latency)
+        report.timeline.append((sent_at, latency))
         steps[index]["succeeded"] += 1
         steps[index]["latencies"].append(latency)
 
     try:
-        for offset, index in arrival_times(profile, rng, max_requests):
+        times = (arrival_times(profile, rng, max_requests) if arrivals is None
+                 else _in_steps(arrivals, profile, max_requests))
+        for offset, index in times:
             if stop is not None and stop.is_set():
                 break
             delay = start + offset - loop.time()
@@ -228,7 +243,7 @@ async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | No
             report.sent += 1
             steps[index]["sent"] += 1
             report.per_endpoint[endpoint.get("pod", endpoint["grpc"])] += 1
-            task = asyncio.create_task(one(endpoint, index))
+            task = asyncio.create_task(one(endpoint, index, offset))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:
@@ -246,6 +261,17 @@ async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | No
         step["p95_ms"] = _round(percentile(lat_ms, 95))
         report.per_step.append(step)
     return report
+
+
+def _in_steps(arrivals: Sequence[float], profile: Sequence[Step],
+              max_requests: int | None) -> Iterator[tuple[float, int]]:
+    """Given send times with the index of the profile step each falls in (the last step takes
+    whatever lies beyond the profile)."""
+    ends = list(itertools.accumulate(step.duration_s for step in profile))
+    for count, t in enumerate(arrivals):
+        if max_requests is not None and count >= max_requests:
+            return
+        yield float(t), min(bisect.bisect_right(ends, t), len(ends) - 1)
 
 
 def default_run_dir() -> Path:
