@@ -14,12 +14,13 @@ CACHE_DIR := $(or $(DEDICAP_CACHE),$(HOME)/.cache/dedicap)
 
 setup: system-packages venv binaries
 
-# Debian's python3.11 (the Triton Python backend links its libpython3.11) and Prometheus; the
-# image tools (mmdebstrap, umoci, skopeo) and bubblewrap, which also runs the process nodes' pods.
+# Debian's python3.11 (the Triton Python backend links its libpython3.11), Prometheus (and its
+# promtool) and Alertmanager; the image tools (mmdebstrap, umoci, skopeo) and bubblewrap, which
+# also runs the process nodes' pods.
 system-packages:
 	@missing=""; \
 	for p in python3.11 python3.11-venv python3.11-dev libpython3.11 prometheus \
-	         mmdebstrap umoci skopeo bubblewrap; do \
+	         prometheus-alertmanager mmdebstrap umoci skopeo bubblewrap; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -31,7 +32,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || /usr/bin/python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plan,local]'
+	$(PY) -m pip install -q -e '.[dev,plan,local,monitoring]'
 	@touch $(STAMP)
 
 binaries:
@@ -74,6 +75,7 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy deploy/image/build.py
 	$(VENV)/bin/dedicap crds --check
+	$(VENV)/bin/dedicap monitoring --check
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

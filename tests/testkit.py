@@ -67,12 +67,14 @@ class OperatorProcess:
     each start logs to its own file, and /metrics is served on a free loopback port."""
 
     def __init__(self, stack: Any, log_dir: Path, args: Sequence[str],
-                 peering: str | None = None) -> None:
+                 peering: str | None = None, metrics_address: str = "127.0.0.1",
+                 metrics_port: int | None = None) -> None:
         self.stack = stack
         self.log_dir = log_dir
         self.peering = peering
         self.args = [*args, *(["--peering", peering] if peering else [])]
-        self.metrics_port = free_port()
+        self.metrics_address = metrics_address
+        self.metrics_port = metrics_port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -86,7 +88,8 @@ class OperatorProcess:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dedicap.cli", "run", *self.args,
-                 "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
+                 "--metrics-port", str(self.metrics_port),
+                 "--metrics-address", self.metrics_address],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     def kill(self) -> None:
@@ -107,7 +110,7 @@ class OperatorProcess:
         self.proc = None
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+        with urllib.request.urlopen(f"http://{self.metrics_address}:{self.metrics_port}/metrics",
                                     timeout=5) as resp:
             return str(resp.read().decode())
 

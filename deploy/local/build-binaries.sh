@@ -85,6 +85,51 @@ build_etcd() {
   "$out/etcd" --version >&2
 }
 
+# prometheus-operator: its go.mod replaces its own pkg/apis and pkg/client with ./pkg/..., so it
+# too is built from a wrapper module that requires the published ones. Its CRDs (part of the same
+# module) are kept beside the binary for the local stack to install.
+build_prometheus_operator() {
+  local out="$cache/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  if [ -x "$out/prometheus-operator" ] && [ -d "$out/crds" ]; then return; fi
+  current="prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
+  step "building prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
+  local src="$cache/src/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  local mod=github.com/prometheus-operator/prometheus-operator
+  rm -rf "$src" && mkdir -p "$src"
+  printf 'module dedicap.dev/localstack/prometheus-operator\n\ngo 1.25.0\n\nrequire %s %s\n\ntool %s/cmd/operator\n' \
+    "$mod" "$PROMETHEUS_OPERATOR_VERSION" "$mod" > "$src/go.mod"
+  (cd "$src" && go mod tidy && go build -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v}" \
+    -o "$src/out/prometheus-operator" "$mod/cmd/operator")
+  local dir
+  dir=$(cd "$src" && go list -m -f '{{.Dir}}' "$mod")
+  mkdir -p "$src/out/crds" && cp "$dir"/example/prometheus-operator-crd/*.yaml "$src/out/crds/"
+  chmod -R u+w "$src/out"
+  rm -rf "$out" && mv "$src/out" "$out"
+  "$out/prometheus-operator" --version >&2
+}
+
+# Prometheus: Debian's package is built without Kubernetes service discovery, which the
+# configuration prometheus-operator generates needs. Its Go module is versioned v0.3XX.Y for
+# Prometheus 3.XX.Y, and its go.mod replaces fsnotify: a wrapper module again. No web UI assets
+# are embedded (the HTTP API is all the stack uses).
+build_prometheus() {
+  local out="$cache/bin/prometheus-$PROMETHEUS_VERSION"
+  if [ -x "$out/prometheus" ]; then return; fi
+  current="prometheus $PROMETHEUS_VERSION"
+  step "building prometheus $PROMETHEUS_VERSION (module $PROMETHEUS_MODULE_VERSION)"
+  local src="$cache/src/prometheus-$PROMETHEUS_VERSION"
+  local mod=github.com/prometheus/prometheus
+  rm -rf "$src" && mkdir -p "$src"
+  printf 'module dedicap.dev/localstack/prometheus\n\ngo 1.25.0\n\nrequire %s %s\n\nreplace github.com/fsnotify/fsnotify v1.8.0 => github.com/fsnotify/fsnotify v1.7.0\n\ntool %s/cmd/prometheus\n' \
+    "$mod" "$PROMETHEUS_MODULE_VERSION" "$mod" > "$src/go.mod"
+  (cd "$src" && go mod tidy && go build -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" \
+    -o "$src/out/prometheus" "$mod/cmd/prometheus")
+  rm -rf "$out" && mv "$src/out" "$out"
+  "$out/prometheus" --version >&2
+}
+
 # kwok and helm have no replace directives: a plain `go install pkg@version` works.
 go_install() { # name version package ldflags
   local name=$1 version=$2 pkg=$3 ld=$4
@@ -98,6 +143,8 @@ go_install() { # name version package ldflags
 
 build_kubernetes
 build_etcd
+build_prometheus_operator
+build_prometheus
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
   "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
@@ -113,4 +160,9 @@ ln -sfn "$cache/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$cur/kubectl"
 ln -sfn "$cache/bin/etcd-$ETCD_VERSION/etcd" "$cur/etcd"
 ln -sfn "$cache/bin/kwok-$KWOK_VERSION/kwok" "$cur/kwok"
 ln -sfn "$cache/bin/helm-$HELM_VERSION/helm" "$cur/helm"
+ln -sfn "$cache/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/prometheus-operator" \
+  "$cur/prometheus-operator"
+ln -sfn "$cache/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds" \
+  "$cur/prometheus-operator-crds"
+ln -sfn "$cache/bin/prometheus-$PROMETHEUS_VERSION/prometheus" "$cur/prometheus"
 step "binaries ready in $cur"

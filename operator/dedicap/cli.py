@@ -17,6 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("dedicap.manifests", "write or check the CRDs and the Helm chart's generated "
              "templates"),
     "plan": ("dedicap.sim.plan", "replay a trace through the autoscaler; recommend a reservation"),
+    "monitoring": ("dedicap.monitoring.generate",
+                   "write or check the generated Prometheus rules and Grafana dashboards"),
+    "report": ("dedicap.monitoring.report",
+               "draw a ModelDeployment's timeline (PNG) and summary from Prometheus"),
 }
 
 

@@ -278,3 +278,49 @@ def _pool_writes(log: str) -> int:
 def _writes(log: str) -> str:
     return "\n".join(line for line in log.splitlines()
                      if any(f'"{verb} ' in line for verb in ("PATCH", "POST", "DELETE", "PUT")))
+
+
+def _counter(op: OperatorProcess, name: str, *, skip: tuple[str, ...] = (),
+             only: str = "") -> float:
+    total = 0.0
+    for line in op.metrics().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            if only and not re.search(only, labels):
+                continue
+            if any(s in labels for s in skip):
+                continue
+            total += float(value)
+    return total
+
+
+def _writes_now(op: OperatorProcess) -> float:
+    """The operator's API writes so far, leaving out its peering keep-alives."""
+    return _counter(op, "dedicap_api_requests_total", skip=('resource="clusterkopfpeerings"',),
+                    only=r'verb="(POST|PATCH|PUT|DELETE)"')
+
+
+def test_a_quiet_fleet_costs_no_api_write(
+        stack: Any, namespace: str, operator: OperatorProcess) -> None:
+    names = ("quiet-a", "quiet-b", "quiet-c")
+    for name in names:
+        md(stack, namespace, name, pools=["h100"], autoscaled=name != "quiet-c",
+           replicas=None if name != "quiet-c" else 1)
+    for name in names:
+        wait_for(lambda n=name: condition(status(stack, namespace, n), "Ready").get("status")
+                 == "True", f"{name} ready", timeout=90)
+    for name in names[:2]:
+        wait_for(lambda n=name: condition(status(stack, namespace, n), "MetricsAvailable")
+                 .get("status") == "True", f"{name}'s metrics flowing", timeout=90)
+    # Settled: its figures written once; from now on nothing changes.
+    wait_for(lambda: all(status(stack, namespace, n).get("observed") for n in names[:2]),
+             "observed figures written", timeout=60)
+    writes = _writes_now(operator)
+    evaluations = {n: decisions(operator, namespace, n) for n in names[:2]}
+    reconciles = _counter(operator, "dedicap_reconcile_duration_seconds_count")
+    # Several evaluations (every 2 s) and resyncs (every 5 s) of each later:
+    wait_for(lambda: all(decisions(operator, namespace, n) >= evaluations[n] + 5
+                         for n in names[:2])
+             and _counter(operator, "dedicap_reconcile_duration_seconds_count")
+             >= reconciles + 3 * len(names), "evaluations and resyncs", timeout=120)
+    assert _writes_now(operator) == writes, operator.log_tail()

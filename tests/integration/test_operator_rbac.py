@@ -106,7 +106,7 @@ def test_operator_works_with_the_charts_namespaced_rbac_only(
 
 # (verb, resource, namespace or "" for cluster scope / "T" the tenant's / "O" another tenant's)
 OPERATOR_ALLOWED = [
-    ("watch", "modeldeployments.dedicap.dev", ""), ("patch", "modeldeployments.dedicap.dev", "T"),
+    ("watch", "modeldeployments.dedicap.dev", ""),
     ("patch", "modeldeployments.dedicap.dev/status", "T"),
     ("update", "modeldeployments.dedicap.dev/scale", "T"),
     ("create", "deployments.apps", "T"), ("delete", "deployments.apps", "T"),
@@ -120,6 +120,8 @@ OPERATOR_ALLOWED = [
     ("bind", "clusterroles.rbac.authorization.k8s.io/dedicap-tenant-view", ""),
     ("get", "priorityclasses.scheduling.k8s.io/dedicap-reserved", ""),
     ("create", "events", "T"), ("patch", "clusterkopfpeerings.kopf.dev/PEERING", ""),
+    ("patch", "clusterkopfpeerings.kopf.dev/dedicap-installations", ""),
+    ("watch", "services", "T"), ("watch", "networkpolicies.networking.k8s.io", "T"),
 ]
 OPERATOR_DENIED = [
     # The escalation paths: binding any other role, cluster-wide bindings, RBAC objects,
@@ -142,6 +144,8 @@ OPERATOR_DENIED = [
     ("update", "modeldeployments.dedicap.dev", "T"),
     ("create", "modeldeployments.dedicap.dev", "T"),
     ("delete", "modeldeployments.dedicap.dev", "T"),
+    # Its memory is in the status: it never writes a tenant's spec or metadata.
+    ("patch", "modeldeployments.dedicap.dev", "T"),
     ("create", "gpupools.dedicap.dev", ""), ("patch", "capacityreservations.dedicap.dev", ""),
     ("patch", "clusterkopfpeerings.kopf.dev/someone-elses", ""),
     ("create", "customresourcedefinitions.apiextensions.k8s.io", ""),

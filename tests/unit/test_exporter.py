@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dedicap.metrics.exporter import OperatorMetrics, PoolUsage, serve
@@ -55,9 +56,9 @@ def test_modeldeployment_gauges() -> None:
     assert value(m, "dedicap_modeldeployment_ready_replicas", **MD) == 2
     assert value(m, "dedicap_modeldeployment_metrics_available", **MD) == 1
     assert value(m, "dedicap_modeldeployment_observed_latency_seconds", **MD,
-                 percentile="95") == 0.25
+                 percentile="95", quantile="0.95") == 0.25
     assert value(m, "dedicap_modeldeployment_latency_target_seconds", **MD,
-                 percentile="95") == 0.2
+                 percentile="95", quantile="0.95") == 0.2
     assert value(m, "dedicap_modeldeployment_error_ratio", **MD) == 0.01
     assert value(m, "dedicap_modeldeployment_request_rate", **MD) == 42
     assert value(m, "dedicap_modeldeployment_gpus", **MD, pool="h100") == 2
@@ -71,7 +72,8 @@ def test_unknown_values_are_nan_not_zero() -> None:
     m.set_modeldeployment("acme", "bot", desired_replicas=1, ready_replicas=1,
                           metrics_available=False, latency_ms=math.nan, latency_target_ms=200,
                           percentile=99, error_ratio=math.nan, request_rate=math.nan)
-    latency = value(m, "dedicap_modeldeployment_observed_latency_seconds", **MD, percentile="99")
+    latency = value(m, "dedicap_modeldeployment_observed_latency_seconds", **MD,
+                    percentile="99", quantile="0.99")
     assert latency is not None and math.isnan(latency)
     assert value(m, "dedicap_modeldeployment_metrics_available", **MD) == 0
 
@@ -83,9 +85,9 @@ def test_changed_percentile_and_pools_drop_their_old_series() -> None:
                           metrics_available=True, latency_ms=100, latency_target_ms=300,
                           percentile=99, error_ratio=0, request_rate=1)
     assert value(m, "dedicap_modeldeployment_observed_latency_seconds", **MD,
-                 percentile="95") is None
+                 percentile="95", quantile="0.95") is None
     assert value(m, "dedicap_modeldeployment_observed_latency_seconds", **MD,
-                 percentile="99") == 0.1
+                 percentile="99", quantile="0.99") == 0.1
     m.set_pools("acme", "bot", {"h100": PoolUsage(replicas=3, gpus=3, gpu_hours=11,
                                                   hourly_cost=7.5)})
     assert value(m, "dedicap_modeldeployment_gpus", **MD, pool="a10g") is None
@@ -98,10 +100,10 @@ def test_forget_removes_every_series_of_a_deleted_modeldeployment_only() -> None
     fill(m, "acme", "other")
     m.record_query_error("PrometheusUnavailable")
     # 2 decision label sets x (_total, _created) + 7 gauges + 4 pool gauges x 2 pools.
-    assert len(series_of(m, "acme", "bot")) == 2 * 2 + 7 + 4 * 2
+    assert len(series_of(m, "acme", "bot")) == 2 * 2 + 9 + 4 * 2
     m.forget("acme", "bot")
     assert series_of(m, "acme", "bot") == []
-    assert len(series_of(m, "acme", "other")) == 2 * 2 + 7 + 4 * 2
+    assert len(series_of(m, "acme", "other")) == 2 * 2 + 9 + 4 * 2
     # Operator-wide series stay; forgetting twice (or something never seen) is harmless.
     assert value(m, "dedicap_prometheus_query_errors_total", kind="PrometheusUnavailable") == 1
     m.forget("acme", "bot")
@@ -142,3 +144,22 @@ def test_served_over_http_on_localhost() -> None:
     gpus = [s for s in families["dedicap_modeldeployment_gpus"].samples
             if s.labels == {**MD, "pool": "h100"}]
     assert [s.value for s in gpus] == [2.0]
+
+
+def test_api_requests_are_counted_by_resource_not_object() -> None:
+    from dedicap.metrics.exporter import api_resource
+
+    assert api_resource("/apis/apps/v1/namespaces/t/deployments/chat-h100") == "deployments"
+    assert api_resource("/apis/dedicap.dev/v1alpha1/namespaces/t/modeldeployments/chat/status"
+                        ) == "modeldeployments/status"
+    assert api_resource("/apis/dedicap.dev/v1alpha1/gpupools/h100/status") == "gpupools/status"
+    assert api_resource("/api/v1/namespaces/t") == "namespaces"
+    assert api_resource("/api/v1/namespaces/t/events?x=1") == "events"
+    assert api_resource("/api/v1/pods") == "pods"
+    assert api_resource("/version") == "version"
+    m = OperatorMetrics()
+    m.observe_api("PATCH", "/apis/apps/v1/namespaces/t/deployments/a", 200)
+    m.observe_api("PATCH", "/apis/apps/v1/namespaces/u/deployments/b", 200)
+    text = generate_latest(m.registry).decode()
+    assert ('dedicap_api_requests_total{code="200",resource="deployments",verb="PATCH"} 2.0'
+            in text)

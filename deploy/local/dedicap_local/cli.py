@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="build if needed, start the stack, show nodes and pools")
     p_up.add_argument("--no-dataplane", action="store_true",
                       help="do not run real Triton processes for model pods")
+    p_up.add_argument("--monitoring", action="store_true",
+                      help="also run prometheus-operator, its Prometheus and Alertmanager "
+                      "(docs/monitoring.md)")
     p_down = sub.add_parser("down", help="stop every process of the stack")
     p_down.add_argument("--purge", action="store_true", help="also delete its state (etcd, certs)")
     sub.add_parser("status", help="which components run")
@@ -61,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.cmd == "up":
         build()
         stk.up(stack, with_dataplane=not args.no_dataplane)
+        if args.monitoring:
+            from dedicap_local import monitoring
+
+            print(f"monitoring prometheus: {monitoring.up(stack)}")
         show(stack)
     elif args.cmd == "down":
         stk.down(stack, purge=args.purge)

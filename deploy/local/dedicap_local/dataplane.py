@@ -51,6 +51,8 @@ TARGET_PREFIX = "pod."
 # ModelSpec fields that a running model picks up through its control file; the others are in
 # config.pbtxt and need a new process.
 LIVE_FIELDS = ("base_ms", "per_item_ms", "fail_ratio", "jitter")
+# The container ports the operator renders (http, grpc, metrics), used on the pod's address.
+POD_PORTS = (8000, 8001, 8002)
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -69,6 +71,7 @@ class Desired:
     pool: str
     node: str
     spec: triton.ModelSpec
+    ip: str = ""  # the pod's address (status.podIP); empty: none assigned
 
     def labels(self) -> dict[str, str]:
         labels = {"namespace": self.namespace, "pod": self.pod,
@@ -153,7 +156,8 @@ def desired_instances(pods: Iterable[Mapping[str, Any]], sim: Mapping[str, Any],
         key = instance_key(str(meta["namespace"]), str(meta["name"]))
         out[key] = Desired(key=key, uid=str(meta.get("uid", "")), namespace=str(meta["namespace"]),
                            pod=str(meta["name"]), modeldeployment=str(labels[MD_LABEL]),
-                           pool=pool, node=node, spec=sim_spec(pod, pool, sim))
+                           pool=pool, node=node, spec=sim_spec(pod, pool, sim),
+                           ip=str((pod.get("status") or {}).get("podIP") or ""))
     return out
 
 
@@ -288,7 +292,7 @@ class DataPlane:
                 self._submit(key, self._stop, key)
                 continue
             crashed = inst.handle is not None and inst.handle.pid is None
-            if (crashed or target.uid != inst.desired.uid
+            if (crashed or target.uid != inst.desired.uid or target.ip != inst.desired.ip
                     or structural(target.spec) != structural(inst.desired.spec)):
                 LOG.info("restarting %s (%s)", key, "exited" if crashed else "pod or spec changed")
                 self._submit(key, self._restart, target)
@@ -323,9 +327,15 @@ class DataPlane:
         with self._lock:
             self._instances[desired.key] = Instance(desired)
         t0 = time.monotonic()
+        # On the pod's own address with the container ports, as in a cluster, where that
+        # address is routed here; else on free loopback ports.
+        on_pod_ip = bool(desired.ip) and triton.can_listen_on(desired.ip)
+        ports: dict[str, Any] = (
+            {"http_port": POD_PORTS[0], "grpc_port": POD_PORTS[1], "metrics_port": POD_PORTS[2],
+             "address": desired.ip} if on_pod_ip else {})
         try:
             handle = triton.start_triton(self.run_dir, desired.key, desired.spec,
-                                         timeout=self.start_timeout)
+                                         timeout=self.start_timeout, **ports)
         except Exception as err:
             with self._lock:
                 self._instances.pop(desired.key, None)

@@ -1,8 +1,14 @@
 """The main job on the local stack, end to end: install the CRDs, start the operator, sell a
 reservation, deploy a tenant's SLO-autoscaled model, drive real load through real Triton
 replicas, and show what the operator did (replicas, p95, errors, GPUs and cost) as it happens.
+It ends with a picture of the run: a PNG timeline and a summary drawn from Prometheus' own
+answers (`dedicap report`), with the scale-up under the load and the scale-down after it.
 
-    dedicap-local demo            # about four minutes on 2 cores
+Monitoring runs as in a cluster (dedicap_local.monitoring): prometheus-operator turns the
+operator-rendered ServiceMonitor and the chart's monitoring objects into Prometheus'
+configuration, and the operator reads that Prometheus.
+
+    dedicap-local demo            # about six minutes on 2 cores
     dedicap-local demo --no-load  # just deploy and show
 """
 
@@ -14,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dedicap_local import chart, dataplane, loadgen, procs
+from dedicap_local import chart, dataplane, loadgen, monitoring, procs
 from dedicap_local import stack as stk
 
 REPO = stk.LOCAL_DIR.parent.parent
@@ -26,6 +32,12 @@ NAMESPACE, MODEL = "acme", "support-bot"
 # worth of load.
 DEMO_SIM = {"base_ms": 40, "per_item_ms": 10, "max_batch_size": 4, "max_queue_delay_us": 5000}
 PROFILE = "40:20,100:110,100:20"
+RESERVATION = "acme-h100"
+# After the load, how long to wait at most for the scale-down (the policy's default scale-down
+# stabilization is 180 s).
+SCALE_DOWN_WAIT_S = 300
+BURST_MEMORY_S = 60
+TAIL_RPS = 10  # the traffic that goes on while the demo waits for the scale-down
 
 
 def _apply(stack: stk.Stack, *paths: Path) -> None:
@@ -33,12 +45,17 @@ def _apply(stack: stk.Stack, *paths: Path) -> None:
         stack.kubectl("apply", "--server-side", "--field-manager=dedicap-demo", "-f", str(path))
 
 
-def start_operator(stack: stk.Stack) -> None:
-    """Run `dedicap run` against the stack as one of its tracked processes."""
+def start_operator(stack: stk.Stack, prometheus_url: str) -> None:
+    """Run `dedicap run` against the stack as one of its tracked processes; its /metrics is
+    where the chart's metrics Service points."""
     already = procs.running_pid(stack.run_dir, "operator") is not None
     procs.start(stack.run_dir, "operator", [
         str(Path(sys.executable).with_name("dedicap")), "run", "--all-namespaces",
-        "--prometheus-url", stack.prometheus_url,
+        "--prometheus-url", prometheus_url, "--scrape-interval", "2",
+        # Capacity kept for a burst's peak: a minute, so the demo's scale-down comes in minutes.
+        "--burst-memory", str(BURST_MEMORY_S),
+        "--metrics-address", monitoring.operator_metrics_address(),
+        "--metrics-port", str(monitoring.OPERATOR_METRICS_PORT),
     ], env={"KUBECONFIG": str(stack.kubeconfig)})
     stk.log(f"operator: {'already running' if already else 'started'} "
             f"(log: {stack.run_dir / 'logs' / 'operator.log'})")
@@ -53,12 +70,19 @@ def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def watch(stack: stk.Stack, seconds: float) -> None:
-    """Print a line every 10 s: what the operator sees and decides."""
+def want(stack: stk.Stack) -> int | None:
+    spec = md_row(stack).get("spec") or {}
+    value = spec.get("replicas")
+    return int(value) if value is not None else None
+
+
+def watch(stack: stk.Stack, seconds: float, until: Any = None) -> None:
+    """Print a line every 10 s: what the operator sees and decides (stop early when `until()`
+    holds)."""
     print(f"\n{'t':>5} {'want':>5} {'ready':>5} {'p95 ms':>7} {'errors':>7} {'req/s':>6}  "
           "last decision")
     start = time.monotonic()
-    while time.monotonic() - start < seconds:
+    while time.monotonic() - start < seconds and not (until and until()):
         md = md_row(stack)
         spec, status = md.get("spec", {}), md.get("status", {})
         observed = status.get("observed") or {}
@@ -83,22 +107,52 @@ def run(stack: stk.Stack, *, with_load: bool = True) -> None:
         stack.kubectl("create", "namespace", ns, check=False)
     dataplane.write_sim(stack.run_dir, {"modeldeployments": {f"{NAMESPACE}/{MODEL}": DEMO_SIM}})
     _apply(stack, EXAMPLES / "gpupools.yaml", EXAMPLES / "capacity-reservations.yaml")
-    start_operator(stack)
+    stk.log("monitoring: prometheus-operator, Prometheus (discovery through the API server), "
+            "Alertmanager, the chart's ServiceMonitor and PrometheusRule")
+    prometheus_url = monitoring.up(stack)
+    monitoring.install_chart_monitoring(stack)
+    start_operator(stack, prometheus_url)
     _apply(stack, EXAMPLES / "modeldeployment-autoscaled.yaml")
     stack.kubectl("wait", "--for=condition=Ready", f"md/{MODEL}", "-n", NAMESPACE,
                   "--timeout=180s", timeout=200)
     stk.log(f"{MODEL} is Ready")
     if with_load:
         stk.log(f"offering load {PROFILE} (seconds:requests per second) through real Triton")
+        started = time.time()
         load = loadgen.Background(loadgen.endpoints_for(NAMESPACE, MODEL, stack.run_dir),
                                   loadgen.parse_profile(PROFILE), max_requests=40_000)
         watch(stack, seconds=sum(s.duration_s for s in loadgen.parse_profile(PROFILE)))
-        report = load.stop().summary()
-        print(f"\nclients: sent {report['sent']}, succeeded {report['succeeded']}, "
-              f"failed {report['failed']}, p95 {report['p95_ms']} ms")
+        clients = load.stop().summary()
+        print(f"\nclients: sent {clients['sent']}, succeeded {clients['succeeded']}, "
+              f"failed {clients['failed']}, p95 {clients['p95_ms']} ms")
+        peak = want(stack)
+        stk.log(f"the peak is over: {TAIL_RPS} req/s go on while the replicas scale down")
+        tail = loadgen.Background(loadgen.endpoints_for(NAMESPACE, MODEL, stack.run_dir),
+                                  [loadgen.Step(SCALE_DOWN_WAIT_S, TAIL_RPS)])
+        watch(stack, seconds=SCALE_DOWN_WAIT_S,
+              until=lambda: (n := want(stack)) is not None and peak is not None and n < peak)
+        tail.stop()
+        picture(stack, prometheus_url, started, time.time())
     for what in (["gpupools"], ["capacityreservations"], ["md", "-A"]):
         print("\n$ kubectl get " + " ".join(what))
         print(stack.kubectl("get", *what).stdout, end="")
     print(f"\nexport KUBECONFIG={stack.kubeconfig}   # then: kubectl describe md {MODEL} -n "
-          f"{NAMESPACE}\nmetrics: {stack.prometheus_url}   stop everything: dedicap-local down")
+          f"{NAMESPACE}\nmetrics: {monitoring.prometheus_url()}   "
+          "stop everything: dedicap-local down")
 
+
+
+def picture(stack: stk.Stack, prometheus_url: str, start: float, end: float) -> Path:
+    """The run's timeline and summary, from Prometheus' answers (`dedicap report`)."""
+    from dedicap.metrics.prometheus import PrometheusClient
+    from dedicap.monitoring import report
+
+    out = stack.run_dir / "demo" / f"{MODEL}.png"
+    with PrometheusClient(prometheus_url, timeout_s=30, retries=1) as client:
+        summary = report.report(client, NAMESPACE, MODEL, report.window(start, end), out,
+                                RESERVATION)
+    print("\n" + "\n".join(summary.lines()))
+    print(f"timeline: {out}\nsummary:  {out.with_suffix('.json')}\n"
+          f"again, for any window: dedicap report -n {NAMESPACE} -m {MODEL} --since 1h "
+          f"--prometheus-url {prometheus_url} --out {MODEL}.png")
+    return out

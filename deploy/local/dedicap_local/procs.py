@@ -50,11 +50,15 @@ def start(
 ) -> int:
     """Start `argv` detached in its own session, logging to run_dir/logs/<name>.log.
 
-    Returns the pid; if a process of that name already runs, returns its pid and starts nothing.
+    Returns the pid; if a process of that name already runs with these very arguments, returns
+    its pid and starts nothing. One that runs with other arguments (a changed flag, port or pin)
+    is stopped and started anew.
     """
     pid = running_pid(run_dir, name)
     if pid is not None:
-        return pid
+        if _cmdline(pid).strip() == " ".join(argv):
+            return pid
+        stop(run_dir, name)
     (run_dir / "pids").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     log = open(run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child

@@ -17,7 +17,7 @@ from pathlib import Path
 from dedicap_local import procs
 
 NAME = "prometheus"
-DEFAULT_PORT = 39090
+DEFAULT_PORT = 29090
 SCRAPE_INTERVAL = "2s"
 EVALUATION_INTERVAL = "2s"
 SD_REFRESH_INTERVAL = "2s"

@@ -28,17 +28,19 @@ CACHE = Path(os.environ.get("DEDICAP_CACHE", Path.home() / ".cache" / "dedicap")
 BIN_DIR = Path(os.environ.get("DEDICAP_BIN_DIR", CACHE / "bin" / "current"))
 RUN_DIR = Path(os.environ.get("DEDICAP_RUN_DIR", CACHE / "run"))
 
-# Ports away from the usual ones, so a stack never collides with a real cluster's components.
-# `DEDICAP_PORT_OFFSET` shifts them all, so several stacks (each with its own DEDICAP_RUN_DIR)
-# can run side by side on one machine.
+# Ports away from the usual ones, so a stack never collides with a real cluster's components,
+# and below Linux's ephemeral range (32768-60999): a port in that range can be taken for a
+# moment by any outgoing connection, and a component restarted then fails to listen.
+# `DEDICAP_PORT_OFFSET` (0-2000) shifts them all, so several stacks (each with its own
+# DEDICAP_RUN_DIR) can run side by side on one machine.
 PORT_OFFSET = int(os.environ.get("DEDICAP_PORT_OFFSET", "0") or 0)
-ETCD_CLIENT_PORT = 32379 + PORT_OFFSET
-ETCD_PEER_PORT = 32380 + PORT_OFFSET
-APISERVER_PORT = 36443 + PORT_OFFSET
+ETCD_CLIENT_PORT = 22379 + PORT_OFFSET
+ETCD_PEER_PORT = 22380 + PORT_OFFSET
+APISERVER_PORT = 26443 + PORT_OFFSET
 CONTROLLER_MANAGER_PORT = 30257 + PORT_OFFSET
 SCHEDULER_PORT = 30259 + PORT_OFFSET
 KWOK_PORT = 30247 + PORT_OFFSET
-PROMETHEUS_PORT = 39090 + PORT_OFFSET
+PROMETHEUS_PORT = 29090 + PORT_OFFSET
 # kwok gives pods addresses from this range, and the stack routes the whole range to the loopback
 # device (`ip route add local`), so a process of the local data plane can listen on its pod's
 # own address, as a container does in its network namespace: Services, EndpointSlices and
@@ -104,7 +106,8 @@ def _pki(stack: Stack) -> certs.Pki:
     return certs.ensure(stack.run_dir / "pki")
 
 
-def write_kubeconfig(stack: Stack, pki: certs.Pki) -> None:
+def write_kubeconfig(stack: Stack, pki: certs.Pki) -> bool:
+    """Write the stack's kubeconfig; True when it changed (its clients must read it again)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -116,7 +119,11 @@ def write_kubeconfig(stack: Stack, pki: certs.Pki) -> None:
             "cluster": "dedicap-local", "user": "dedicap-admin"}}],
         "current-context": "dedicap-local",
     }
-    stack.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+    text = yaml.safe_dump(config, sort_keys=False)
+    if stack.kubeconfig.exists() and stack.kubeconfig.read_text() == text:
+        return False
+    stack.kubeconfig.write_text(text)
+    return True
 
 
 def _client_flags(kubeconfig: str) -> list[str]:
@@ -239,7 +246,10 @@ def up(stack: Stack | None = None, *, with_dataplane: bool = True) -> Stack:
     stack.run_dir.mkdir(parents=True, exist_ok=True)
     route_pod_cidr()
     pki = _pki(stack)
-    write_kubeconfig(stack, pki)
+    if write_kubeconfig(stack, pki):
+        # Clients started with the old kubeconfig (another API server address) start again.
+        for name in ("dataplane", *COMPONENTS[2:]):
+            procs.stop(stack.run_dir, name)
     for name in COMPONENTS:
         already = procs.running_pid(stack.run_dir, name) is not None
         procs.start(stack.run_dir, name, _argv(stack, name, pki))
@@ -273,6 +283,9 @@ def down(stack: Stack | None = None, *, purge: bool = False) -> None:
     """Stop every component (data plane and Triton processes first); optionally delete state."""
     stack = stack or Stack()
     procs.stop(stack.run_dir, "operator")  # the demo's operator, if it runs
+    from dedicap_local import monitoring
+
+    monitoring.down(stack.run_dir)
     procs.stop(stack.run_dir, "dataplane")
     # Triton processes of the data plane are tracked in the same pid folder.
     pid_dir = stack.run_dir / "pids"

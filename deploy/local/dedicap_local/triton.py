@@ -167,6 +167,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def can_listen_on(address: str) -> bool:
+    """Whether this machine can bind `address` (a pod address routed to the loopback device)."""
+    try:
+        with socket.socket() as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free ports (sockets held together so the kernel cannot repeat one)."""
     socks = []
@@ -192,26 +202,28 @@ class TritonHandle:
     metrics_port: int
     run_dir: str
     spec: dict[str, Any] = field(default_factory=dict)
+    # Where it listens: 127.0.0.1, or the pod's own address on the local stack.
+    address: str = "127.0.0.1"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.http_address}"
 
     @property
     def http_address(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.address}:{self.http_port}"
 
     @property
     def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.address}:{self.grpc_port}"
 
     @property
     def metrics_address(self) -> str:
-        return f"127.0.0.1:{self.metrics_port}"
+        return f"{self.address}:{self.metrics_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.metrics_address}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -238,7 +250,7 @@ def instance_dir(run_dir: Path, name: str) -> Path:
 
 
 def server_argv(repo: Path, backends: Path, model: str, http_port: int, grpc_port: int,
-                metrics_port: int) -> list[str]:
+                metrics_port: int, address: str = "127.0.0.1") -> list[str]:
     return [
         str(tritonserver_binary()),
         f"--model-repository={repo}",
@@ -246,11 +258,11 @@ def server_argv(repo: Path, backends: Path, model: str, http_port: int, grpc_por
         f"--load-model={model}",
         "--strict-readiness=true",
         f"--backend-directory={backends}",
-        "--http-address=127.0.0.1",
+        f"--http-address={address}",
         f"--http-port={http_port}",
-        "--grpc-address=127.0.0.1",
+        f"--grpc-address={address}",
         f"--grpc-port={grpc_port}",
-        "--metrics-address=127.0.0.1",
+        f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         "--metrics-config=summary_latencies=true",
         "--allow-gpu-metrics=false",
@@ -282,8 +294,9 @@ def start_triton(
     *,
     timeout: float = 120.0,
     wait: bool = True,
+    address: str = "127.0.0.1",
 ) -> TritonHandle:
-    """Start a tritonserver named `name` serving `model` on 127.0.0.1 (ports chosen if omitted).
+    """Start a tritonserver named `name` serving `model` on `address` (ports chosen if omitted).
 
     Idempotent per name: if that instance already runs, returns its handle. With `wait`, returns
     once the model itself is ready (raises TimeoutError with the server's log tail otherwise, and
@@ -305,10 +318,11 @@ def start_triton(
         shutil.rmtree(home / "repo", ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
     handle = TritonHandle(name=name, model=spec.name, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, run_dir=str(run_dir), spec=asdict(spec))
+                          metrics_port=metrics_port, run_dir=str(run_dir), spec=asdict(spec),
+                          address=address)
     repo = write_model_repository(home / "repo", spec, handle.control_file)
     backends = prepare_backends(run_dir)
-    argv = server_argv(repo, backends, spec.name, http_port, grpc_port, metrics_port)
+    argv = server_argv(repo, backends, spec.name, http_port, grpc_port, metrics_port, address)
     # Empty log per start, so a failure's tail is this start's.
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     handle.log_file.write_bytes(b"")

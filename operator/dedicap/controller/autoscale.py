@@ -170,19 +170,29 @@ def read_state(autoscaler_status: Mapping[str, Any] | None) -> tuple[PolicyState
         return PolicyState(), f"unreadable ({str(err)[:200]})"
 
 
+def _figures(observed: Mapping[str, Any]) -> dict[str, Any]:
+    """`status.observed` without its time and its unknowns (a merge patch stores a null as
+    nothing), to tell whether a figure changed."""
+    return {k: v for k, v in observed.items() if k != "sampledAt" and v is not None}
+
+
 def material(state: PolicyState) -> dict[str, Any]:
-    """What of the state is worth a write when it changes: everything but the bookkeeping that
-    moves at every evaluation, with floats rounded so that noise is no change."""
+    """What of the state is worth a write when it changes: the learned figures (capacity fit,
+    gains, peaks, levels), not the bookkeeping that moves at every evaluation (clocks, recent
+    samples, times of the last update), with floats rounded so that noise is no change. A saved
+    state is then an older but consistent record: a value is always saved with its time."""
+    def keep(key: str) -> bool:
+        return key not in _VOLATILE and key != "t" and not key.endswith("_t") and key != "since"
+
     def rounded(x: Any) -> Any:
         if isinstance(x, float):
             return round(x, 2) if math.isfinite(x) else None
         if isinstance(x, dict):
-            return {k: rounded(v) for k, v in x.items()}
+            return {k: rounded(v) for k, v in x.items() if keep(k)}
         if isinstance(x, list | tuple):
             return [rounded(v) for v in x]
         return x
-    d = state.to_dict()
-    return {k: rounded(v) for k, v in d.items() if k not in _VOLATILE}
+    return {k: rounded(v) for k, v in state.to_dict().items() if keep(k)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -348,7 +358,10 @@ class Autoscaler(BackgroundLoop):
             latency_ms=snap.latency_quantile_ms if snap.available else math.nan,
             latency_target_ms=config.latency_target_ms, percentile=config.latency_percentile,
             error_ratio=snap.error_ratio if snap.available else math.nan,
-            request_rate=snap.request_rate if snap.available else math.nan)
+            request_rate=snap.request_rate if snap.available else math.nan,
+            latency_objective=self.settings.defaults.latency_objective,
+            error_ratio_objective=(spec.slo.error_rate.maximum if spec.slo.error_rate
+                                   else math.nan))
         log.info("%s/%s: %s %d -> %d [%s] ready=%d starting=%d limit=%s p%g=%.0fms "
                  "rate=%.1f/s: %s", namespace, name, decision.direction, current,
                  decision.replicas, code, ready, starting, limit, config.latency_percentile,
@@ -422,9 +435,7 @@ class Autoscaler(BackgroundLoop):
                                              config, decision,
                                              explanation if limit is not None else "")
             observed = st.observed_status(snap, when)
-            old_observed = {k: v for k, v in (previous.get("observed") or {}).items()
-                            if k != "sampledAt"}
-            if {k: v for k, v in observed.items() if k != "sampledAt"} != old_observed:
+            if _figures(observed) != _figures(previous.get("observed") or {}):
                 fields["observed"] = observed
             if scaled:
                 fields["lastScale"] = st.last_scale(when, current, decision.replicas, code,
@@ -460,9 +471,15 @@ class Autoscaler(BackgroundLoop):
                             datetime.fromtimestamp(self.clock(), UTC))
         if upd.patch:
             meta = fresh["metadata"]
-            written = self.kube.patch_merge("ModelDeployment", meta["name"],
-                                            {"status": upd.patch}, namespace=meta["namespace"],
-                                            subresource="status")
+            try:
+                written = self.kube.patch_merge("ModelDeployment", meta["name"],
+                                                {"status": upd.patch},
+                                                namespace=meta["namespace"],
+                                                subresource="status")
+            except KubeError as err:
+                if err.not_found:  # deleted since the view showed it: nothing to report
+                    return ()
+                raise
             self.view.observe_write("ModelDeployment", written)
         return upd.transitions
 
@@ -498,6 +515,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--burst-memory", type=float, default=AutoscalerDefaults.burst_memory_s,
                    metavar="SECONDS", help="after traffic jumps faster than replicas start, "
                    "keep capacity for the peak this long (default %(default)gs)")
+    g.add_argument("--slo-latency-objective", type=float,
+                   default=AutoscalerDefaults.latency_objective, metavar="RATIO",
+                   help="share of time slices whose slowest replica must meet the latency "
+                   "target, for the SLO alerts (default %(default)g)")
     g.add_argument("--metrics-port", type=int,
                    default=int(os.environ.get("DEDICAP_METRICS_PORT", "0") or 0),
                    help="serve the operator's own /metrics on this port (0: off; default "
@@ -509,6 +530,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def defaults_from_args(args: argparse.Namespace) -> AutoscalerDefaults:
+    if not 0 < args.slo_latency_objective < 1:
+        raise SystemExit("--slo-latency-objective must lie strictly between 0 and 1 (e.g. 0.99), "
+                         f"got {args.slo_latency_objective}")
     if args.short_window is not None and args.short_window < 2 * args.scrape_interval:
         # a rate needs two samples in its window
         raise SystemExit(f"--short-window {args.short_window:g}: must be at least two scrape "
@@ -517,7 +541,8 @@ def defaults_from_args(args: argparse.Namespace) -> AutoscalerDefaults:
     return AutoscalerDefaults(
         evaluation_interval_s=args.evaluation_interval, startup_delay_s=args.replica_startup,
         scrape_interval_s=args.scrape_interval, window_s=args.metrics_window,
-        short_window_s=args.short_window, burst_memory_s=args.burst_memory)
+        short_window_s=args.short_window, burst_memory_s=args.burst_memory,
+        latency_objective=args.slo_latency_objective)
 
 
 def metrics_from_args(args: argparse.Namespace) -> OperatorMetrics:

@@ -234,7 +234,7 @@ def reconcile(kube: Kube, now: datetime, *, namespaces: tuple[str, ...] = ()) ->
     view = ClusterView(kube, namespaces=namespaces)
     view.load()
     gate = PeeringGate(kube, "one-shot", 0, "capacity", peering=False, namespaces=namespaces)
-    loop = CapacityLoop(kube, view, gate, EventRecorder(kube, "one-shot"),
+    loop = CapacityLoop(kube, view, gate, EventRecorder(kube, "one-shot", background=False),
                         planner=CapacityPlanner(clock=lambda: now), clock=lambda: now)
     return loop.run_round()
 

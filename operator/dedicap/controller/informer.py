@@ -15,9 +15,11 @@ object — the informer of client-go, in a thread.
   (they enqueue work).
 - **Write-through**: after the operator writes an object, `observe_write` stores the
   answer at once, so the next reconcile does not act on the version before its own write, and
-  the watch event of that write (same resourceVersion) is dropped without a callback: the
-  operator's own writes do not trigger its own work. This compares resourceVersions as
-  numbers, which holds for etcd-backed API servers; where a version is not a number, the
+  the watch event of that write (same resourceVersion) is dropped. The callbacks see the change
+  the write made to the cached copy — which may include others' changes made just before, whose
+  older events are then dropped — so nothing is missed; the handlers decide what a change is
+  worth (a ModelDeployment's own status write is worth nothing). This compares resourceVersions
+  as numbers, which holds for etcd-backed API servers; where a version is not a number, the
   write is simply left to the watch.
 """
 
@@ -130,7 +132,9 @@ class Informer(Generic[T]):
 
     def observe_write(self, raw: Mapping[str, Any]) -> None:
         """Store what the API server answered to the operator's own write, if it is newer than
-        what the cache holds (module docstring). No callback."""
+        what the cache holds (module docstring). The callbacks see the change from the cached
+        copy, as for a watch event: the answer may carry others' changes too (a spec edited a
+        moment before), whose own, older events will be dropped."""
         new_version = _version((raw.get("metadata") or {}).get("resourceVersion"))
         if new_version is None:
             return
@@ -145,7 +149,10 @@ class Informer(Generic[T]):
             value = self.parse(raw)
             if value is None:
                 return
+            old = entry.value if entry is not None else None
             self._put(key, str(new_version), value)
+        if old != value:
+            self._notify(old, value)
 
     # ----------------------------------------------------------------- the store
 

@@ -170,7 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = EventRecorder(kube, instance)
     planner = CapacityPlanner() if args.capacity else None
     reconciler = Reconciler(kube, view, events,
-                            RenderOptions(monitoring_namespaces=tuple(monitoring)),
+                            RenderOptions(monitoring_namespaces=tuple(monitoring),
+                                          # Triton is scraped as often as the autoscaler
+                                          # assumes (its staleness check relies on it).
+                                          scrape_interval=f"{args.scrape_interval:g}s"),
                             capacity=planner, metrics=metrics)
     capacity = CapacityLoop(kube, view, gate, events, planner=planner, metrics=metrics,
                             interval_s=min(args.capacity_seconds, args.pool_refresh_seconds))
@@ -219,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for loop in loops:
             loop.stop()
+        events.flush(5)
         view.stop()
         gate.withdraw()
         health.shutdown(probes)

@@ -36,6 +36,9 @@ class AutoscalerDefaults:
     # How long capacity for a burst's peak is kept after a jump faster than replicas start
     # (the policy's burst memory; the API has no field for it).
     burst_memory_s: float = PolicyConfig.burst_memory_s
+    # The share of time slices that must meet the latency target, for the SLO's alerts (the
+    # API has no field for it; exported per ModelDeployment).
+    latency_objective: float = 0.99
 
     def staleness_s(self) -> float:
         return self.scrape_interval_s * self.stale_after_intervals

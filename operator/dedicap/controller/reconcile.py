@@ -222,7 +222,13 @@ class Reconciler:
         if not upd.patch:
             return 0
         meta = body["metadata"]
-        written = self.kube.patch_merge("ModelDeployment", meta["name"], {"status": upd.patch},
-                                        namespace=meta["namespace"], subresource="status")
+        try:
+            written = self.kube.patch_merge("ModelDeployment", meta["name"],
+                                            {"status": upd.patch}, namespace=meta["namespace"],
+                                            subresource="status")
+        except KubeError as err:
+            if err.not_found:  # deleted since the view showed it: nothing to report
+                return 0
+            raise
         self.view.observe_write("ModelDeployment", written)
         return 1

@@ -16,6 +16,7 @@ otherwise the target's own ``namespace`` label (the operator's) renames ours to
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ POOL_LABELS = (*MD_LABELS, "pool")
 DIRECTIONS = ("up", "down", "hold")
 # Evaluation = read Prometheus + decide + apply; a slow Prometheus shows up in the high buckets.
 EVALUATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+QUERY_ERROR_KINDS = ("PrometheusUnavailable", "QueryError")
+# The share of time slices that must meet the latency target when the operator is not told
+# otherwise (`dedicap run --slo-latency-objective`); the API has no field for it.
+DEFAULT_LATENCY_OBJECTIVE = 0.99
 
 
 @dataclass(frozen=True)
@@ -75,19 +80,36 @@ class OperatorMetrics:
             "dedicap_prometheus_query_errors",
             "Prometheus queries that failed, by kind (PrometheusUnavailable, QueryError).",
             ["kind"], registry=r)
+        for kind in QUERY_ERROR_KINDS:  # present at 0, so rates and increases see the first
+            self.query_errors.labels(kind)
+        self.build_info = Gauge(
+            "dedicap_build_info", "Always 1; the operator's version (absent: no operator "
+            "is scraped).", ["version"], registry=r)
+        self.build_info.labels(_version()).set(1)
         self.desired_replicas = Gauge(
             "dedicap_modeldeployment_desired_replicas", "Replicas asked for (spec.replicas).",
             MD_LABELS, registry=r)
         self.ready_replicas = Gauge(
             "dedicap_modeldeployment_ready_replicas", "Replicas ready to serve.",
             MD_LABELS, registry=r)
+        # `quantile` is the percentile as Triton's summaries spell it (95 -> 0.95), so rules can
+        # join these on Triton's series.
         self.latency_seconds = Gauge(
             "dedicap_modeldeployment_observed_latency_seconds",
             "Observed request latency at the SLO percentile (max over pods); NaN when idle.",
-            [*MD_LABELS, "percentile"], registry=r)
+            [*MD_LABELS, "percentile", "quantile"], registry=r)
         self.latency_target_seconds = Gauge(
             "dedicap_modeldeployment_latency_target_seconds",
-            "The latency SLO's target at its percentile.", [*MD_LABELS, "percentile"], registry=r)
+            "The latency SLO's target at its percentile (+Inf without a latency objective).",
+            [*MD_LABELS, "percentile", "quantile"], registry=r)
+        self.latency_objective = Gauge(
+            "dedicap_modeldeployment_latency_objective_ratio",
+            "Share of time slices whose slowest pod must meet the latency target.",
+            MD_LABELS, registry=r)
+        self.error_ratio_objective = Gauge(
+            "dedicap_modeldeployment_error_ratio_objective",
+            "The error-ratio objective (spec.autoscaling.slo.errorRate.max); NaN without one.",
+            MD_LABELS, registry=r)
         self.error_ratio = Gauge(
             "dedicap_modeldeployment_error_ratio",
             "Failed / offered requests over the evaluation window.", MD_LABELS, registry=r)
@@ -132,8 +154,9 @@ class OperatorMetrics:
             "status).", buckets=EVALUATION_BUCKETS, registry=r)
         self.api_requests = Counter(
             "dedicap_api_requests",
-            "Requests to the Kubernetes API by verb and answer (code 0: no answer, e.g. the API "
-            "server is down).", ["verb", "code"], registry=r)
+            "Requests to the Kubernetes API by verb, resource (and subresource) and answer (code "
+            "0: no answer, e.g. the API server is down).", ["verb", "resource", "code"],
+            registry=r)
         self.watch_restarts = Counter(
             "dedicap_watch_restarts",
             "Watches of the shared cache started again, by kind and cause (relist: listed "
@@ -141,7 +164,7 @@ class OperatorMetrics:
             registry=r)
         self._md_metrics: tuple[MetricWrapperBase, ...] = (
             self.desired_replicas, self.ready_replicas, self.error_ratio, self.request_rate,
-            self.metrics_available)
+            self.metrics_available, self.latency_objective, self.error_ratio_objective)
         self._pool_metrics: tuple[Gauge, ...] = (
             self.pool_replicas, self.pool_gpus, self.pool_gpu_hours, self.pool_hourly_cost)
         # Label values written per ModelDeployment, so forget() can remove exactly those.
@@ -171,32 +194,38 @@ class OperatorMetrics:
         self.reconcile_seconds.observe(seconds)
 
     def observe_api(self, method: str, path: str, status: int) -> None:
-        """`Kube.observers` hook: count one API request (the path is left out: it names
-        objects, and every distinct value would be a new series)."""
-        self.api_requests.labels(method, str(status)).inc()
+        """`Kube.observers` hook: count one API request, by the resource its path names (not
+        the path: it names objects, and every distinct value would be a new series)."""
+        self.api_requests.labels(method, api_resource(path), str(status)).inc()
 
     def time_evaluation(self) -> Timer:
         """A context manager that observes one evaluation's duration."""
         return self.evaluation_seconds.time()
 
+
     def set_modeldeployment(self, namespace: str, modeldeployment: str, *, desired_replicas: int,
                             ready_replicas: int, metrics_available: bool,
                             latency_ms: float, latency_target_ms: float, percentile: float,
-                            error_ratio: float, request_rate: float) -> None:
+                            error_ratio: float, request_rate: float,
+                            latency_objective: float = DEFAULT_LATENCY_OBJECTIVE,
+                            error_ratio_objective: float = math.nan) -> None:
         """Set the ModelDeployment's gauges after an evaluation (NaN = not known)."""
         key = (namespace, modeldeployment)
         p = f"{percentile:g}"
+        q = f"{percentile / 100:g}"
         with self._lock:
             old = self._percentiles.get(key, set()) - {p}
             self._percentiles[key] = {p}
         for stale in old:  # the SLO's percentile changed: drop the old series
             for gauge in (self.latency_seconds, self.latency_target_seconds):
-                _remove(gauge, namespace, modeldeployment, stale)
+                _remove(gauge, namespace, modeldeployment, stale, _quantile(stale))
         self.desired_replicas.labels(*key).set(desired_replicas)
         self.ready_replicas.labels(*key).set(ready_replicas)
         self.metrics_available.labels(*key).set(1 if metrics_available else 0)
-        self.latency_seconds.labels(*key, p).set(latency_ms / 1000.0)
-        self.latency_target_seconds.labels(*key, p).set(latency_target_ms / 1000.0)
+        self.latency_seconds.labels(*key, p, q).set(latency_ms / 1000.0)
+        self.latency_target_seconds.labels(*key, p, q).set(latency_target_ms / 1000.0)
+        self.latency_objective.labels(*key).set(latency_objective)
+        self.error_ratio_objective.labels(*key).set(error_ratio_objective)
         self.error_ratio.labels(*key).set(error_ratio)
         self.request_rate.labels(*key).set(request_rate)
 
@@ -259,10 +288,39 @@ class OperatorMetrics:
             _remove(self.scale_decisions, *key, direction, reason)
         for p in percentiles:
             for gauge in (self.latency_seconds, self.latency_target_seconds):
-                _remove(gauge, *key, p)
+                _remove(gauge, *key, p, _quantile(p))
         for pool in pools:
             for gauge in self._pool_metrics:
                 _remove(gauge, *key, pool)
+
+
+def api_resource(path: str) -> str:
+    """The resource (and subresource) an API path addresses: `/apis/apps/v1/namespaces/x/
+    deployments/y` -> `deployments`, `.../modeldeployments/y/status` ->
+    `modeldeployments/status`, `/api/v1/namespaces/x` -> `namespaces`, `/version` -> `version`."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if parts[:1] == ["api"]:
+        parts = parts[2:]
+    elif parts[:1] == ["apis"]:
+        parts = parts[3:]
+    if parts[:1] == ["namespaces"] and len(parts) > 2:
+        parts = parts[2:]
+    if not parts:
+        return "other"
+    return f"{parts[0]}/{parts[2]}" if len(parts) > 2 else parts[0]
+
+
+def _quantile(percentile: str) -> str:
+    return f"{float(percentile) / 100:g}"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dedicap")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _remove(metric: MetricWrapperBase, *labelvalues: str) -> None:
