@@ -56,27 +56,26 @@ from dedicap.sim.baselines import PolicyScaler
 from dedicap.sim.service import ServiceModel
 from dedicap.sim.simulator import SimConfig, Simulation
 from dedicap.sim.traces import Trace, read_trace, scale_arrivals
-from dedicap_local import chart, dataplane, loadgen, procs
+from dedicap_local import chart, dataplane, demo, loadgen, procs
 from dedicap_local import stack as stk
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = "bot"
-# The demo's replica (deploy/local/dedicap_local/demo.py).
-REPLICA = {"base_ms": 40, "per_item_ms": 10, "max_batch_size": 4, "max_queue_delay_us": 5000}
-TARGET_MS = 200.0
-ERROR_MAX = 0.001
-SCRAPE_S = 2.0  # the local stack's Prometheus
+# The demo's replica, SLO and operator settings (deploy/local/dedicap_local/demo.py).
+REPLICA = demo.DEMO_SIM
+TARGET_MS = demo.TARGET_MS
+ERROR_MAX = demo.ERROR_MAX
 
 
 @dataclass(frozen=True)
 class Loop:
     """How the operator runs (its flags), and what the simulator is told to do the same."""
 
-    evaluation_s: float = 5.0
-    window_s: float = 20.0
-    startup_s: float = 10.0  # the policy's belief; the simulator replays the measured one
-    scrape_s: float = SCRAPE_S
+    evaluation_s: float = demo.LOOP["evaluation_s"]
+    window_s: float = demo.LOOP["window_s"]
+    startup_s: float = demo.LOOP["startup_s"]  # the policy's belief; the simulator replays
+    scrape_s: float = demo.LOOP["scrape_s"]  # the measured one
 
     def operator_args(self) -> list[str]:
         return ["--evaluation-interval", f"{self.evaluation_s:g}",

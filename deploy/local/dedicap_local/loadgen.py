@@ -145,6 +145,28 @@ class Report:
         }
 
 
+def step_minutes(report: Report, profile: Sequence[Step]) -> list[dict[str, Any]]:
+    """The clients' requests by the minute of the load step in which they completed (a failure
+    counts where it was sent): each step's first minute, its second, ... (a step's last one may
+    be shorter). What "no minute above the SLO after the first of each step" is judged on."""
+    bounds: list[tuple[int, int, float, float]] = []  # (step, minute, from, to)
+    start = 0.0
+    for index, step in enumerate(profile):
+        end = start + step.duration_s
+        for minute in range(1, math.ceil(step.duration_s / 60.0 - 1e-9) + 1):
+            a = start + 60.0 * (minute - 1)
+            bounds.append((index, minute, a, min(a + 60.0, end)))
+        start = end
+    out = []
+    for index, minute, a, b in bounds:
+        lat = [x for t, x in report.timeline if math.isfinite(x) and a <= t + x < b]
+        failed = sum(1 for t, x in report.timeline if not math.isfinite(x) and a <= t < b)
+        out.append({"step": index, "minute": minute, "start_s": a, "end_s": b,
+                    "rps": profile[index].rps, "requests": len(lat) + failed, "failed": failed,
+                    "p95_ms": _round(percentile([x * 1000 for x in lat], 95))})
+    return out
+
+
 def _round(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 1)
 

@@ -327,12 +327,13 @@ def capacity_per_replica(
 
 def fast_arrivals(window: ObservationWindow) -> float:
     """Requests/s arriving over the short window: the completions (Triton counts a request
-    when it completes) plus the queues' growth; NaN when the short window was not read."""
+    when it completes) plus the queues' growth (minus their shrinking: a draining backlog is
+    completed, not offered, again); NaN when the short window was not read."""
     short = window.request_rate_short
     if not _finite(short):
         return math.nan
     growth = window.queue_growth if _finite(window.queue_growth) else 0.0
-    return max(short + max(growth, 0.0), 0.0)
+    return max(short + growth, 0.0)
 
 
 def burst_level(config: PolicyConfig, fast: tuple[tuple[float, float], ...]) -> float | None:
@@ -481,14 +482,23 @@ def decide(
     cap = capacity_per_replica(config, state, now)
 
     # 3. Demand: now, forecast one start-up ahead, backlog, burst memory.
-    holt = holt_update(state.holt, offered, now, config.forecast_level_tau_s,
-                       config.forecast_trend_tau_s)
-    horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
-    forecast = holt_forecast(holt, horizon)
     fast = fast_arrivals(window)
     # the fast path's rate counts only when it says a burst is under way: on smooth traffic
     # its extra noise would only buy replicas
     burst_now = _finite(fast) and fast > BURST_RISE * offered
+    if burst_now:
+        # a jump is a new level, not a slope: the rate window still averages the old level,
+        # and a trend learned from its catching up forecasts a rise that is not coming (it
+        # took a second scale-up, a minute after a step had been met)
+        holt = HoltState(level=fast, trend=0.0, t=now)
+    else:
+        # while the rate window catches up with a level the fast path already sees, it
+        # ramps: the forecast follows the higher of the two, so the ramp is no trend
+        seen = max(offered, fast) if _finite(fast) else offered
+        holt = holt_update(state.holt, seen, now, config.forecast_level_tau_s,
+                           config.forecast_trend_tau_s)
+    horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
+    forecast = holt_forecast(holt, horizon)
     rate_now = fast if burst_now else offered
     demand = max(rate_now, forecast)
     if breach and queue_now > ready * batch_cap:
