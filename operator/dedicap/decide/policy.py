@@ -494,8 +494,8 @@ def decide(
     else:
         # while the rate window catches up with a level the fast path already sees, it
         # ramps: the forecast follows the higher of the two, so the ramp is no trend
-        seen = max(offered, fast) if _finite(fast) else offered
-        holt = holt_update(state.holt, seen, now, config.forecast_level_tau_s,
+        followed = max(offered, fast) if _finite(fast) else offered
+        holt = holt_update(state.holt, followed, now, config.forecast_level_tau_s,
                            config.forecast_trend_tau_s)
     horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
     forecast = holt_forecast(holt, horizon)
