@@ -502,8 +502,10 @@ def decide(
     rate_now = fast if burst_now else offered
     demand = max(rate_now, forecast)
     if breach and queue_now > ready * batch_cap:
-        # drain what waits in the queues within one evaluation interval
-        demand += queue_now / max(config.evaluation_interval_s, 1.0)
+        # drain what waits in the queues over one start-up delay (replicas asked for now
+        # serve only after it; within one 5-s evaluation, as before, asked for twice the
+        # replicas a step needed on the local stack)
+        demand += queue_now / max(config.startup_delay_s, config.evaluation_interval_s, 1.0)
     # Burst memory: a rise of more than half within one start-up delay (and worth at least a
     # replica) cannot be followed by starting replicas. After one, keep capacity for the
     # (slowly decaying) peak for burst_memory_s: bursts come in clusters, and the next one
