@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -612,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     TRACES = args.traces
+    # stopped from outside: clean up (the operator, the namespaces) as on any error
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     loop = Loop(evaluation_s=args.evaluation_interval)
     factors = [4.0] if args.quick else [float(x) for x in args.steps.split(",")]
     warm_s, step_s = (45, 120) if args.quick else (60, 150)

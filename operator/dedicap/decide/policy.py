@@ -576,13 +576,16 @@ def decide(
                 need = floor
                 why += f"; kept for {recent_max:.0f} req/s seen within one start-up delay"
     # Panic (in the spirit of Knative's): the fast path sees arrivals beyond what the ready
-    # replicas serve at the SLO, or queues deeper than a batch per replica and growing. Then
-    # the count follows the fast arrival rate at once, plus one replica to drain the backlog
-    # the queues hold, without waiting for the rate window or the summaries to catch up.
-    # (Scale-down waits at least the stabilization window after it, as after any rise.)
+    # replicas serve at the SLO, or a backlog that takes longer than half the latency target
+    # to work off (Little's law: the queue over the rate it is served at) and grows. Then the
+    # count follows the fast arrival rate at once, plus one replica to drain the backlog,
+    # without waiting for the rate window or the summaries to catch up. (Scale-down waits at
+    # least the stabilization window after it, as after any rise.)
     if cap is not None and cap > 0 and ready > 0 and _finite(fast) and config.panic_threshold > 0:
         saturated = cap / max(config.utilization, 1e-6)
-        deep = queue_now > ready * batch_cap
+        served_fast = window.request_rate_short
+        wait_s = queue_now / served_fast if served_fast > 0 else math.inf if queue_now else 0.0
+        deep = queue_now > 0 and wait_s > 0.5 * target_ms / 1000.0
         growing = _finite(window.queue_growth) and window.queue_growth > 0.0
         if fast > config.panic_threshold * ready * saturated or (deep and growing):
             panic = math.ceil(fast / cap - 1e-9) + (1 if deep else 0)
