@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 CACHE_DIR := $(or $(DEDICAP_CACHE),$(HOME)/.cache/dedicap)
 
 .PHONY: setup system-packages venv binaries image image-docker image-verify image-lock \
-	image-lock-debian demo test lint unit integration down clean
+	image-lock-debian demo test lint unit integration campaign down clean
 
 setup: system-packages venv binaries
 
@@ -86,6 +86,20 @@ integration: setup image
 # The integration tests run the operator's image: `image` builds it (cached after the first time).
 test: setup lint image
 	$(VENV)/bin/pytest -q -rs tests
+
+# The full reliability and security campaign (docs/reliability.md): 100 operator kills, 1,000
+# generated objects, Prometheus down for 10 minutes, and the other faults; about 40 minutes on
+# 2 cores. `make test` runs the same tests in a bounded form. DEDICAP_CAMPAIGN_SEED=<n> replays a
+# run; the record of figures goes to benchmarks/results/campaign.json.
+CAMPAIGN_TESTS := tests/campaign tests/unit/test_bad_input.py tests/unit/test_netpol.py \
+	tests/integration/test_isolation.py \
+	tests/integration/test_autoscaling.py::test_prometheus_down_during_a_load_drop_holds_replicas_and_says_why \
+	"tests/integration/test_capacity_operator.py::test_deleted_node_replicas_replaced_within_reservation_and_accounting_follows" \
+	tests/integration/test_capacity_operator.py::test_a_zone_drained_and_removed_moves_replicas_within_the_reservation_one_at_a_time \
+	tests/integration/test_chart.py
+campaign: setup image
+	DEDICAP_CAMPAIGN=full DEDICAP_CAMPAIGN_REPORT=benchmarks/results/campaign.json \
+	  $(VENV)/bin/pytest -q -rs -p no:cacheprovider $(CAMPAIGN_TESTS)
 
 down:
 	-$(VENV)/bin/dedicap-local down

@@ -10,8 +10,20 @@ from collections.abc import Iterator
 
 import pytest
 
+import faults
 from dedicap_local import chart
 from dedicap_local import stack as stk
+
+
+def pytest_report_header() -> str:
+    return faults.header()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    text = faults.finish()
+    if text:
+        terminalreporter.write_sep("-", "reliability campaign record")
+        terminalreporter.write_line(text)
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,35 @@ def wait_for(probe: Callable[[], Any], what: str, timeout: float = 60.0,
         time.sleep(interval)
 
 
+def install_api(stack: Any) -> None:
+    """This checkout's CRDs (a stack kept from an older one would prune newer fields), ready to
+    use, and the example GPUPools."""
+    stack.kubectl("apply", "-f", str(ROOT / "crds"))
+    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev",
+                  "crd/capacityreservations.dedicap.dev")
+    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
+
+
+def tenant_namespace(stack: Any, name: str) -> str:
+    """A tenant namespace as a platform team makes one: Pod Security `restricted` enforced."""
+    stack.kubectl("create", "namespace", name)
+    stack.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    return name
+
+
+def small_md(namespace: str, name: str, *, replicas: int, pools: Sequence[str] = ("h100",),
+             **spec: Any) -> str:
+    """A ModelDeployment of one-GPU replicas with small requests (JSON for kubectl apply)."""
+    return json.dumps({
+        "apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"model": {"name": name, "repository": "s3://models/triton"},
+                 "resources": {"gpusPerReplica": 1, "gpuMemoryGiB": 20, "cpu": "100m",
+                               "memory": "256Mi"},
+                 "placement": {"pools": list(pools)}, "replicas": replicas, **spec}})
+
+
 def kget(stack: Any, *args: str) -> Any:
     """`kubectl get ... -o json`, parsed."""
     return json.loads(stack.kubectl("get", *args, "-o", "json").stdout)
@@ -197,3 +226,24 @@ class SimPool:
         for n in self.created_nodes:
             self.stack.kubectl("delete", "node", n, "--ignore-not-found", "--wait=false",
                                check=False)
+
+
+def live_autoscaler(stack: Any, log_dir: Path, namespaces: str, peering: str,
+                    eval_s: int) -> OperatorProcess:
+    """An operator (not started) as the live autoscaling tests run it, after installing the
+    CRDs and the example pools: it serves `namespaces` (a glob) with a peering object of its
+    own, reads the stack's Prometheus (scraped every 2 s) over a 20-s window, evaluates every
+    `eval_s` seconds and assumes replicas start in 10 s."""
+    stack.kubectl("apply", "-f", str(ROOT / "crds"))
+    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
+    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
+    return OperatorProcess(
+        stack, log_dir,
+        ["--namespace", namespaces, "--peering-lifetime", "10",
+         "--pool-refresh-seconds", "2", "--resync-seconds", "5",
+         "--prometheus-url", stack.prometheus_url,
+         "--evaluation-interval", str(eval_s), "--scrape-interval", "2",
+         "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
+         "--verbose"],
+        peering=peering)

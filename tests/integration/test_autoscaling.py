@@ -18,18 +18,16 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+import faults
 from dedicap_local import dataplane, loadgen, prometheus
-from testkit import OperatorProcess, kget, release_operator_state, wait_for
+from testkit import OperatorProcess, kget, live_autoscaler, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "deploy" / "examples"
 EVAL_S = 5
 # One replica: t(b) = 100 + 10*b ms per batch of b <= 4 -> at most 4/0.14 = 28.6 req/s.
 SLOW_MODEL = {"max_batch_size": 4, "base_ms": 100, "per_item_ms": 10}
@@ -38,19 +36,8 @@ TARGET_MS = 400.0
 
 @pytest.fixture(scope="module")
 def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
-    stack.kubectl("apply", "-f", str(EXAMPLES / "gpupools.yaml"))
-    op = OperatorProcess(
-        stack, tmp_path_factory.mktemp("autoscaling"),
-        ["--namespace", "dcp-as-*", "--peering-lifetime", "10",
-         "--pool-refresh-seconds", "2", "--resync-seconds", "5",
-         "--prometheus-url", stack.prometheus_url,
-         "--evaluation-interval", str(EVAL_S), "--scrape-interval", "2",
-         "--metrics-window", "20", "--replica-startup", "10", "--burst-memory", "30",
-         "--verbose"],
-        peering=f"dedicap-as-{uuid.uuid4().hex[:6]}")
+    op = live_autoscaler(stack, tmp_path_factory.mktemp("autoscaling"), "dcp-as-*",
+                         f"dedicap-as-{uuid.uuid4().hex[:6]}", EVAL_S)
     op.start()
     yield op
     op.stop()
@@ -336,31 +323,45 @@ def test_a_step_is_met_by_the_fast_path_in_one_move(
     print(json.dumps({"asked": counts, "rises": rises, "minutes": minutes}))
 
 
-def test_prometheus_down_holds_replicas_and_says_why(
+def test_prometheus_down_during_a_load_drop_holds_replicas_and_says_why(
         stack: Any, namespace: str, operator: OperatorProcess) -> None:
     set_sim(stack, namespace, "bot", SLOW_MODEL)
-    # A trickle on two replicas with minReplicas 1: with data, the policy would scale down
-    # once its 20 s stabilization window has passed.
+    # Two replicas with minReplicas 1: with data, the policy would scale down once the load
+    # drops and its 20 s stabilization window has passed.
     apply_md(stack, namespace, min_replicas=1, max_replicas=3, replicas=2,
              scale_down={"stabilizationWindowSeconds": 20, "maxStepReplicas": 1})
     wait_for(lambda: serving(stack, namespace, 2), "two serving replicas", timeout=90)
-    trickle = loadgen.Background(loadgen.endpoints_for(namespace, "bot", stack.run_dir),
-                                 [loadgen.Step(180, 3)], seed=8, timeout_s=30)
+    eps = loadgen.endpoints_for(namespace, "bot", stack.run_dir)
+    # Load two replicas serve (one would not within the SLO), then a trickle one serves: the
+    # drop comes as Prometheus goes away (the campaign's full form keeps it away 10 minutes).
+    outage_s = faults.SCALE.prometheus_outage_s
+    busy = loadgen.Background(eps, [loadgen.Step(120, 30)], seed=8, timeout_s=30)
     try:
         wait_for(lambda: metrics_fresh(stack, namespace), "MetricsAvailable=True",
                  timeout=60, interval=0.5)
-        _hold_through_outage(stack, namespace, operator)
+    finally:
+        busy.stop()
+    trickle = loadgen.Background(eps, [loadgen.Step(outage_s + 120, 3)], seed=9, timeout_s=30)
+    try:
+        held = _hold_through_outage(stack, namespace, operator, outage_s)
         # With data again, the fleet scales down to the minimum: the hold was the outage's.
+        t_back = time.monotonic()
         wait_for(lambda: metrics_fresh(stack, namespace), "MetricsAvailable=True again",
                  timeout=60)
         wait_for(lambda: spec_replicas(stack, namespace) == 1,
-                 "the scale-down after the outage", timeout=60)
+                 "the scale-down after the outage", timeout=90)
+        resumed_s = time.monotonic() - t_back
     finally:
         trickle.stop()
-    print(json.dumps({"outage_s": 30, "replicas_held": 2}))
+    faults.record("Prometheus down during a load drop", outage_s=outage_s,
+                  replicas_held=sorted(set(held)), scale_downs_during_outage=0,
+                  samples_during_outage=len(held), metrics_available_during="False",
+                  scaled_down_after_outage_s=round(resumed_s, 1))
+    print(json.dumps({"outage_s": outage_s, "replicas_held": 2}))
 
 
-def _hold_through_outage(stack: Any, namespace: str, operator: OperatorProcess) -> None:
+def _hold_through_outage(stack: Any, namespace: str, operator: OperatorProcess,
+                         outage_s: float) -> list[int]:
     prometheus.stop(stack.run_dir)
     t_stop = time.monotonic()
     try:
@@ -373,8 +374,9 @@ def _hold_through_outage(stack: Any, namespace: str, operator: OperatorProcess) 
         assert condition(down, "SLOMet")["status"] == "Unknown"
         # Longer than the stabilization window, with no data: nothing moves.
         held = []
-        while time.monotonic() - t_stop < 30:
+        while time.monotonic() - t_stop < outage_s:
             held.append(spec_replicas(stack, namespace))
+            assert condition(md(stack, namespace), "MetricsAvailable")["status"] == "False"
             time.sleep(1)
         assert set(held) == {2}, held
         assert not events(stack, namespace, "ScaledDown")
@@ -383,6 +385,7 @@ def _hold_through_outage(stack: Any, namespace: str, operator: OperatorProcess) 
         text = operator.metrics()
         assert any(line.startswith("dedicap_prometheus_query_errors_total"
                                    '{kind="PrometheusUnavailable"}') for line in text.splitlines())
+        return held
     finally:
         prometheus.start(stack.run_dir, port=stack.prometheus_port)
 

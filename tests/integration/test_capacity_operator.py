@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,6 +23,7 @@ import pytest
 # pytest puts this folder on sys.path (no __init__.py): the enforcement tests' helpers.
 from test_capacity_enforcement import Env, env
 
+import faults
 from testkit import OperatorProcess as Operator
 from testkit import wait_for
 
@@ -206,6 +208,68 @@ def test_deleted_node_replicas_replaced_within_reservation_and_accounting_follow
     cost = wait_for(lambda: (get(env, "md", "steady", "-n", ns).get("status") or {}).get("cost"),
                     "cost")
     assert cost["gpus"] == 16 and cost["hourlyCost"] == pytest.approx(16 * 2.5)
+    faults.record("node and zone loss", node_deleted=1, replicas_replaced_off_it=1)
+
+
+def test_a_zone_drained_and_removed_moves_replicas_within_the_reservation_one_at_a_time(
+        env: Env, operator: Operator) -> None:
+    pool = env.pool("z", nodes=4, gpus=8)  # nodes 0, 2 in zone-a; 1, 3 in zone-b
+    ns = env.namespace("z")
+    res = env.reservation("z", pool.name, 16, [ns])
+    zone_a, zone_b = [pool.node_name(0), pool.node_name(2)], [pool.node_name(1),
+                                                              pool.node_name(3)]
+    # Both replicas in zone-b, so that removing it must move them both.
+    env.stack.kubectl("cordon", *zone_a)
+    md(env, ns, "zonal", [pool.name], replicas=2, reservation=res)
+    wait_for(lambda: len(running_pods(env, ns, "zonal")) == 2, "2 replicas Running",
+             timeout=120)
+    assert {p["spec"]["nodeName"] for p in running_pods(env, ns, "zonal")} == set(zone_b)
+    env.stack.kubectl("uncordon", *zone_a)
+    # What the PodDisruptionBudget (maxUnavailable 1) must hold while the zone drains.
+    lowest = [2]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            ready = [p for p in running_pods(env, ns, "zonal") if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
+                    "conditions") or [])]
+            lowest[0] = min(lowest[0], len(ready))
+            done.wait(0.2)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        drained = env.stack.kubectl("drain", *zone_b, "--ignore-daemonsets",
+                                    "--delete-emptydir-data", "--timeout=150s", check=False,
+                                    timeout=200)
+        assert drained.returncode == 0, drained.stderr[-2000:]
+        for node in zone_b:
+            env.stack.kubectl("delete", "node", node)
+        wait_for(lambda: len(pods := running_pods(env, ns, "zonal")) == 2 and not {
+            p["spec"]["nodeName"] for p in pods} & set(zone_b), "both replicas in zone-a",
+            timeout=180)
+    finally:
+        done.set()
+        sampler.join(timeout=5)
+    moved_s = time.monotonic() - t0
+    assert lowest[0] >= 1, "the drain took more than one replica at a time"
+    # (Evictions the budget refused, drain retrying them, if the second came too early.)
+    refused = sum(1 for line in (drained.stdout + drained.stderr).splitlines()
+                  if "disruption budget" in line)
+    assert all(p["spec"].get("priorityClassName") == "dedicap-reserved"
+               for p in running_pods(env, ns, "zonal"))
+    # Accounting: the pool is the zone left, the reservation is all in use, the cost follows.
+    wait_for(lambda: (get(env, "gpupool", pool.name).get("status") or {}).get("totalGPUs") == 16,
+             "pool shrinks to the zone left")
+    status = wait_for(lambda: (s := env.reservation_status(res)).get("usedGPUs") == 16 and s,
+                      "reservation used 16")
+    assert status["admitted"] and status["headroomGPUs"] == 0
+    wait_for(lambda: ((get(env, "md", "zonal", "-n", ns).get("status") or {}).get("cost")
+                      or {}).get("gpus") == 16, "cost of 16 GPUs")
+    faults.record("node and zone loss", zone_removed_nodes=2, replicas_moved=2,
+                  fewest_ready_during_drain=lowest[0], evictions_refused_by_pdb=refused,
+                  moved_in_s=round(moved_s, 1))
 
 
 def test_kubectl_and_metrics_show_the_figures(env: Env, operator: Operator) -> None:

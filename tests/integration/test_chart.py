@@ -218,18 +218,29 @@ def _children(stack: Any, tenant: str) -> list[str]:
                                                 "dedicap.dev/modeldeployment=chat")["items"]]
 
 
+def _custom_resources(stack: Any) -> dict[str, dict[tuple[str, str], str]]:
+    """ModelDeployments and GPUPools by (namespace, name) -> uid, leaving out those on their way
+    out (the namespaces of earlier tests are deleted without waiting, and may finish during an
+    upgrade)."""
+    leaving = {n["metadata"]["name"] for n in kget(stack, "namespaces")["items"]
+               if (n.get("status") or {}).get("phase") != "Active"}
+    return {kind: {(o["metadata"].get("namespace", ""), o["metadata"]["name"]):
+                   o["metadata"]["uid"] for o in kget(stack, kind, "-A")["items"]
+                   if not o["metadata"].get("deletionTimestamp")
+                   and o["metadata"].get("namespace", "") not in leaving}
+            for kind in ("modeldeployments", "gpupools")}
+
+
 def test_upgrade_rolls_the_operator_with_a_standby_always_there(stack: Any,
                                                                 release: Release) -> None:
     r = release
-    before = {kind: {o["metadata"]["name"]: o["metadata"]["uid"] for o in kget(
-        stack, kind, "-A")["items"]} for kind in ("modeldeployments", "gpupools")}
+    before = _custom_resources(stack)
     old = {p["metadata"]["name"] for p in r.pods()}
     helm(stack, "upgrade", RELEASE, str(chart.CHART), "-n", r.namespace, "-f", str(r.values),
          "--set", "resyncSeconds=20", "--wait", "--timeout", "240s")
     wait_for(lambda: {p["metadata"]["name"] for p in r.pods()}.isdisjoint(old)
              and len(_ready_pods(r)) == 2, "the old operator pods replaced", timeout=120)
-    after = {kind: {o["metadata"]["name"]: o["metadata"]["uid"] for o in kget(
-        stack, kind, "-A")["items"]} for kind in ("modeldeployments", "gpupools")}
+    after = _custom_resources(stack)
     assert after == before  # every custom resource kept, none recreated
     wait_for(lambda: [i for i in chart.acting_intervals(r.logs())
                       if i[0] not in old and i[2] is None],

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import faults
 from dedicap_local import procs
 from dedicap_local import stack as stk
 from testkit import OperatorProcess, SimPool, kget, release_operator_state, wait_for
@@ -116,6 +117,7 @@ def test_a_broken_saved_state_costs_one_modeldeployment_a_fresh_start_and_no_one
                   'dedicap.dev/autoscaler-state=["forged"]')
     # What only the operator can write, broken (here by the cluster admin through the status
     # subresource): a list where an object belongs, then numbers out of range.
+    start = {n: decisions(operator, namespace, n) for n in ("first", "last")}
     for forged in ('["not", "a", "state"]', json.dumps({"gain": 1e12, "history": "x"})):
         stack.kubectl("patch", "md", "broken", "-n", namespace, "--subresource=status",
                       "--type=merge", "-p", json.dumps({"status": {"autoscaler": {
@@ -137,6 +139,10 @@ def test_a_broken_saved_state_costs_one_modeldeployment_a_fresh_start_and_no_one
     assert not [e for e in events(stack, namespace, "first")
                 if e["reason"] in ("AutoscalerStateReset", "EvaluationFailed")]
     assert "Traceback" not in operator.log.read_text(errors="replace"), operator.log_tail()
+    faults.record("forged autoscaler state", forged_states=2, resets=resets[0].get("count", 1),
+                  tenant_annotation_read=False, others_evaluated_meanwhile={
+                      n: decisions(operator, namespace, n) - start[n] for n in start},
+                  others_failed=0)
 
 
 def _filler(stack: Any, namespace: str, pool: SimPool, gpus: int) -> str:

@@ -113,10 +113,14 @@ def test_observe_a_real_triton_through_a_real_prometheus(run_dir: Path) -> None:
     healthy = triton.start_triton(run_dir, "acme.bot-0", SPEC)
     publish(run_dir, healthy, "bot-0")
     with Load(healthy) as load:
+        # A window entirely under load: its first scrapes, half before the load began, would
+        # pair counters from different moments (a 2-row request's batch looking smaller).
+        loaded_since = time.time()
         snap = wait_snapshot(
             client, lambda s: s.available and s.request_rate > 0
-            and math.isfinite(s.latency_quantile_ms) and math.isfinite(s.mean_latency_ms),
-            "a served, timed request rate")
+            and math.isfinite(s.latency_quantile_ms) and math.isfinite(s.mean_latency_ms)
+            and s.queried_at - loaded_since >= WINDOW_S + 2 * SCRAPE_S,
+            "a served, timed request rate over a window of load")
     assert load.ok > 0 and load.failed == 0
     assert snap.pods_reporting == 1 and snap.pods_down == 0
     assert snap.timestamp is not None and snap.queried_at - snap.timestamp < 3 * SCRAPE_S

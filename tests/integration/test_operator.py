@@ -131,7 +131,8 @@ def test_example_creates_triton_children_and_becomes_ready(stack: Any, namespace
     assert len(pods) == 2 and {pools[p["spec"]["nodeName"]] for p in pods} == {"h100"}
     # `kubectl get md` shows the columns.
     table = stack.kubectl("get", "md", "-n", namespace).stdout.splitlines()
-    assert table[0].split()[:7] == ["NAME", "READY", "REPLICAS", "POOL", "P95", "ERRORS", "SLO"]
+    assert table[0].split()[:8] == ["NAME", "READY", "REPLICAS", "POOL", "P95", "TTFT", "ERRORS",
+                                    "SLO"]
     assert table[1].split()[:4] == ["chat", "2", "2", "h100"]
     status = md_status(stack, namespace)
     assert status["selector"] == "dedicap.dev/modeldeployment=chat"

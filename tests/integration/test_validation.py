@@ -42,6 +42,10 @@ def _md() -> dict[str, Any]:
     return dict(yaml.safe_load((EXAMPLES / "modeldeployment-autoscaled.yaml").read_text()))
 
 
+def _llm() -> dict[str, Any]:
+    return dict(yaml.safe_load((EXAMPLES / "modeldeployment-llm.yaml").read_text()))
+
+
 def _pool() -> dict[str, Any]:
     return dict(next(yaml.safe_load_all((EXAMPLES / "gpupools.yaml").read_text())))
 
@@ -89,6 +93,15 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("access namespace not a name", _set(_md(), "spec.access.namespaces", ["Bad_NS"]),
      "spec.access.namespaces[0]"),
     ("name too long for child names", _set(_md(), "metadata.name", "m" * 43), "metadata.name"),
+    ("token objective on a request-level model",
+     _set(_llm(), "spec.model.metricsProfile", "request"), "spec.model.metricsProfile"),
+    ("time per output token on TensorRT-LLM",
+     _set(_llm(), "spec.model.metricsProfile", "tensorrtllm"),
+     "spec.autoscaling.slo.timePerOutputToken"),
+    ("unknown metrics profile", _set(_llm(), "spec.model.metricsProfile", "tgi"),
+     "spec.model.metricsProfile"),
+    ("zero TTFT target", _set(_llm(), "spec.autoscaling.slo.timeToFirstToken.targetMs", 0),
+     "spec.autoscaling.slo.timeToFirstToken.targetMs"),
     ("pool without a node selector", _set(_pool(), "spec.nodeSelector", {}),
      "spec.nodeSelector"),
     ("negative GPU price", _set(_pool(), "spec.pricePerGPUHour", -1), "spec.pricePerGPUHour"),
@@ -108,7 +121,8 @@ def test_the_api_server_rejects_invalid_specs_naming_the_field(
 
 
 def test_the_examples_are_accepted(stack: Any, namespace: str) -> None:
-    for doc in (_set(_md(), "metadata.namespace", namespace), _pool()):
+    for doc in (_set(_md(), "metadata.namespace", namespace),
+                _set(_llm(), "metadata.namespace", namespace), _pool()):
         stack.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(doc))
 
 
@@ -127,3 +141,6 @@ def test_kubectl_scale_beyond_maxreplicas_is_rejected(stack: Any, namespace: str
 def test_explain_reads_well(stack: Any, crds: None) -> None:
     text = stack.kubectl("explain", "modeldeployment.spec.autoscaling").stdout
     assert "minReplicas" in text and "autoscaler owns `spec.replicas`" in text
+    text = stack.kubectl("explain", "modeldeployment.spec.autoscaling.slo.timeToFirstToken"
+                         ).stdout
+    assert "metricsProfile" in text and "prefill" in text

@@ -70,6 +70,14 @@ def test_desired_replicas(overrides: dict[str, Any], expected: int) -> None:
     ({"placement": {"pools": ["H100_Pool"]}}, "pools"),
     ({"placement": {"pools": []}}, "pools"),
     ({"model": {"name": "m", "repository": "ftp://x"}}, "repository"),
+    # token-level objectives need an LLM backend's metrics; per-token latency needs vLLM's
+    ({"autoscaling": {"maxReplicas": 2, "slo": {"timeToFirstToken": {"targetMs": 500}}}},
+     "metricsProfile"),
+    ({"model": {"name": "m", "repository": "s3://b/r", "metricsProfile": "tensorrtllm"},
+      "autoscaling": {"maxReplicas": 2, "slo": {"timePerOutputToken": {"targetMs": 50}}}},
+     "timePerOutputToken"),
+    ({"model": {"name": "m", "repository": "s3://b/r", "metricsProfile": "tgi"}},
+     "metricsProfile"),
 ])
 def test_invalid_specs_are_rejected_naming_the_field(overrides: dict[str, Any],
                                                      field: str) -> None:
@@ -86,3 +94,15 @@ def test_wire_round_trip_uses_the_kubernetes_names() -> None:
     assert wire["spec"]["autoscaling"]["slo"]["errorRate"] == {"max": 0.001}
     assert "replicas" not in wire["spec"]  # optional and unset: absent, never null
     assert ModelDeployment.model_validate(wire) == md
+
+
+def test_token_objectives_on_llm_profiles() -> None:
+    ttft = {"maxReplicas": 2, "slo": {"timeToFirstToken": {"targetMs": 500}}}
+    spec = ModelDeploymentSpec.model_validate(_spec(
+        model={"name": "m", "repository": "s3://b/r", "metricsProfile": "tensorrtllm"},
+        autoscaling=ttft))
+    assert spec.llm and spec.autoscaling is not None and spec.autoscaling.slo.token_level
+    slo = spec.autoscaling.slo.time_to_first_token
+    assert slo is not None and slo.percentile == 95.0
+    plain = ModelDeploymentSpec.model_validate(_spec())
+    assert plain.model.metrics_profile == "request" and not plain.llm

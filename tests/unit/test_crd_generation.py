@@ -100,7 +100,7 @@ def test_modeldeployment_crd_shape() -> None:
         "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector"}}
     shown = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert shown == ["Ready", "Replicas", "Pool", "P95", "Errors", "SLO", "Age"]
+    assert shown == ["Ready", "Replicas", "Pool", "P95", "TTFT", "Errors", "SLO", "Age"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     auto = spec["properties"]["autoscaling"]
     assert auto["x-kubernetes-validations"][0]["rule"] == "self.minReplicas <= self.maxReplicas"

@@ -4,12 +4,8 @@ no server needed)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
-import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -18,26 +14,21 @@ from hypothesis import strategies as st
 
 from dedicap.metrics import promql
 from dedicap.metrics.promql import Signal, Target
-
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None,
-                                    reason="promtool (Debian `prometheus`) missing")
+from promkit import (
+    EVAL_AT_S,
+    INTERVAL_S,
+    STEPS,
+    check_rules,
+    constant,
+    counter,
+    needs_promtool,
+    run_promtool_tests,
+    series,
+)
 
 TARGET = Target(namespace="acme", modeldeployment="bot")
 WINDOW_S = 60.0
 SHORT_S = 37.5  # the fast path's window: 2.5 scrapes of 15 s
-
-
-def check_rules(tmp_path: Path, exprs: Iterable[str]) -> subprocess.CompletedProcess[str]:
-    """Run `promtool check rules` on recording rules made of `exprs` (JSON is valid YAML)."""
-    rules = [{"record": f"test:expr_{i}", "expr": expr} for i, expr in enumerate(exprs)]
-    path = tmp_path / "rules.yml"
-    # Raw UTF-8: YAML refuses the surrogate-pair escapes JSON would write beyond the BMP.
-    path.write_text(json.dumps({"groups": [{"name": "dedicap", "rules": rules}]},
-                               ensure_ascii=False), encoding="utf-8")
-    assert PROMTOOL is not None
-    return subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60)
 
 
 def test_duration_formats_seconds_and_milliseconds() -> None:
@@ -127,26 +118,9 @@ def test_any_label_value_gives_a_valid_query(tmp_path_factory: pytest.TempPathFa
 
 # --- Semantics: synthetic Triton series, evaluated by promtool's PromQL engine --------------
 
-INTERVAL_S = 15
-STEPS = 40  # samples at 0, 15 s, ..., 600 s
-EVAL_AT_S = INTERVAL_S * STEPS
-
-
-def counter(per_second: float) -> str:
-    return f"0+{per_second * INTERVAL_S:g}x{STEPS}"
-
-
-def constant(value: float | str) -> str:
-    return " ".join([str(value)] * (STEPS + 1))
-
-
 def labels(pod: str, namespace: str = "acme", md: str = "bot", **extra: str) -> dict[str, str]:
     return {"namespace": namespace, "modeldeployment": md, "pod": pod, "model": "bot",
             "version": "1", **extra}
-
-
-def series(metric: str, lbls: dict[str, str]) -> str:
-    return metric + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(lbls.items())) + "}"
 
 
 def triton_pod(pod: str, *, success: float, rejected: float, backend: float, latency_ms: float,
@@ -245,18 +219,6 @@ def expr_test(expr: str, samples: list[tuple[dict[str, str], float]],
         "exp_samples": [{"labels": "{" + ",".join(f'{k}="{v}"' for k, v in {**md, **lb}.items())
                                    + "}", "value": value} for lb, value in samples],
     }
-
-
-def run_promtool_tests(tmp_path: Path, tests: list[dict[str, object]],
-                       input_series: list[dict[str, str]]) -> subprocess.CompletedProcess[str]:
-    spec = {"rule_files": [], "evaluation_interval": "1m",
-            "tests": [{"interval": f"{INTERVAL_S}s", "input_series": input_series,
-                       "promql_expr_test": tests}]}
-    path = tmp_path / "test.yml"
-    path.write_text(json.dumps(spec, indent=1))
-    assert PROMTOOL is not None
-    return subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True,
-                          timeout=60)
 
 
 @needs_promtool

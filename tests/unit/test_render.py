@@ -172,3 +172,18 @@ def test_render_is_deterministic_and_pure(replicas: dict[str, int], gpus: int, i
         assert d["spec"]["replicas"] == replicas[pool]
         requests = d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
         assert requests["nvidia.com/gpu"] == str(gpus)
+
+
+def test_a_streaming_llm_s_pods_name_their_metrics_profile() -> None:
+    def pod(profile: str) -> dict[str, Any]:
+        md = _md(model={"name": "m", "repository": "s3://b/r", "metricsProfile": profile})
+        deployment = _by_kind(render(md, _placement(("h100", 1)), POOLS))["Deployment"][0]
+        return dict(deployment["spec"]["template"])
+
+    vllm, trt, plain = pod("vllm"), pod("tensorrtllm"), pod("request")
+    assert vllm["metadata"]["annotations"]["dedicap.dev/metrics-profile"] == "vllm"
+    assert "dedicap.dev/metrics-profile" not in plain["metadata"]["annotations"]
+    # TensorRT-LLM: Triton's time-to-first-response histogram stands in for TTFT
+    args = trt["spec"]["containers"][0]["args"]
+    assert "--metrics-config=histogram_latencies=true" in args
+    assert "--metrics-config=histogram_latencies=true" not in vllm["spec"]["containers"][0]["args"]

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dedicap_local import prometheus, triton
+from dedicap_local import podstatus, prometheus, triton
 
 LOG = logging.getLogger("dedicap.dataplane")
 
@@ -50,9 +50,13 @@ TARGET_PREFIX = "pod."
 
 # ModelSpec fields that a running model picks up through its control file; the others are in
 # config.pbtxt and need a new process.
-LIVE_FIELDS = ("base_ms", "per_item_ms", "fail_ratio", "jitter")
+LIVE_FIELDS = ("base_ms", "per_item_ms", "fail_ratio", "jitter", *triton.LLM_FIELDS)
 # The container ports the operator renders (http, grpc, metrics), used on the pod's address.
 POD_PORTS = (8000, 8001, 8002)
+# A pod of a ModelDeployment whose metrics profile is an LLM backend's (the operator annotates
+# its pods) runs the streaming LLM replica instead of the request-level one.
+PROFILE_ANNOTATION = "dedicap.dev/metrics-profile"
+LLM_PROFILES = ("vllm", "tensorrtllm")
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -116,6 +120,9 @@ def _coerce(spec: triton.ModelSpec, values: Mapping[str, Any]) -> triton.ModelSp
         if key not in types or key == "name":
             continue
         try:
+            if types[key] in (str, "str"):
+                changes[key] = str(value)
+                continue
             changes[key] = int(float(value)) if types[key] in (int, "int") else float(value)
         except (TypeError, ValueError):
             LOG.warning("ignoring simulation setting %s=%r", raw_key, value)
@@ -128,6 +135,8 @@ def sim_spec(pod: Mapping[str, Any], pool: str, sim: Mapping[str, Any]) -> trito
     namespace = str(meta.get("namespace", ""))
     md = str((meta.get("labels") or {}).get(MD_LABEL, ""))
     spec = triton.ModelSpec(name=model_name(pod))
+    if (meta.get("annotations") or {}).get(PROFILE_ANNOTATION) in LLM_PROFILES:
+        spec = replace(spec, kind=triton.KIND_LLM)
     layers: list[Mapping[str, Any]] = [
         sim.get("default") or {},
         (sim.get("pools") or {}).get(pool) or {},
@@ -269,10 +278,12 @@ class DataPlane:
 
     def __init__(self, run_dir: Path, *, workers: int = 3, start_timeout: float = 120.0,
                  notify: Callable[[], None] | None = None,
-                 set_ready: Callable[[str, str, dict[str, Any]], None] | None = None) -> None:
+                 set_ready: Callable[[str, str, dict[str, Any]], None] | None = None,
+                 pods: podstatus.Reporter | None = None) -> None:
         self.run_dir = run_dir
         self._notify = notify
         self._set_ready = set_ready
+        self._pods = pods  # where a crash and a restart are reported, as a kubelet would
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
@@ -329,6 +340,8 @@ class DataPlane:
                 self._submit(key, self._stop, key)
                 continue
             crashed = inst.handle is not None and inst.handle.pid is None
+            if crashed and self._pods is not None and target.uid == inst.desired.uid:
+                self._pods.crashed(target.namespace, target.pod)
             if (crashed or target.uid != inst.desired.uid or target.ip != inst.desired.ip
                     or structural(target.spec) != structural(inst.desired.spec)):
                 LOG.info("restarting %s (%s)", key, "exited" if crashed else "pod or spec changed")
@@ -394,6 +407,8 @@ class DataPlane:
         with self._lock:
             self._instances[desired.key] = Instance(desired, handle, True)
             self._backoff.pop(desired.key, None)
+        if self._pods is not None:
+            self._pods.started(desired.namespace, desired.pod)
         LOG.info("tritonserver for %s/%s ready in %.1fs (http %s, metrics %s)",
                  desired.namespace, desired.pod, time.monotonic() - t0, handle.http_address,
                  handle.metrics_address)
@@ -519,7 +534,8 @@ def run(kubeconfig: Path, run_dir: Path, stop_event: threading.Event | None = No
     def set_ready(namespace: str, pod: str, patch: dict[str, Any]) -> None:
         core.patch_namespaced_pod_status(pod, namespace, patch, _request_timeout=10)
 
-    plane = DataPlane(run_dir, notify=lambda: events.put(None), set_ready=set_ready)
+    plane = DataPlane(run_dir, notify=lambda: events.put(None), set_ready=set_ready,
+                      pods=podstatus.Reporter(core))
     lock = threading.Lock()  # guards pods and node_pools between the watch and the loop
     pods: dict[str, dict[str, Any]] = {}
     node_pools: dict[str, str] = {}

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,51 +201,21 @@ class Endpoints:
         return endpoints[self._next]
 
 
-async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | None = None,
-                max_requests: int | None = None, max_in_flight: int = 256,
-                timeout_s: float = 10.0, stop: threading.Event | None = None,
-                model: str | None = None, arrivals: Sequence[float] | None = None) -> Report:
-    """Run `profile` against `endpoints` (entries with `grpc` and `model`) and report.
-
-    With `arrivals` (sorted offsets in seconds, e.g. a trace's own request times), those are
-    the send times instead of Poisson draws; `profile` then only names the steps the report
-    counts them in."""
-    import tritonclient.grpc.aio as grpcclient
-
-    rng = random.Random(seed)
-    report = Report()
-    steps: list[dict[str, Any]] = [
-        {"duration_s": s.duration_s, "rps": s.rps, "sent": 0, "succeeded": 0, "failed": 0,
-         "latencies": []} for s in profile]
-    clients: dict[str, Any] = {}
-    data = np.ones(INPUT_SHAPE, dtype=np.float32)
-    in_flight: set[asyncio.Task[None]] = set()
+async def pace(profile: Sequence[Step], rng: random.Random, endpoints: Endpoints,
+               report: Report, steps: list[dict[str, Any]],
+               one: Callable[[dict[str, str], int, float], Coroutine[Any, Any, None]], *,
+               max_requests: int | None,
+               max_in_flight: int, stop: threading.Event | None, wait_s: float,
+               arrivals: Sequence[float] | None = None) -> None:
+    """Open-loop arrivals: start `one(endpoint, step index, send offset)` at each Poisson
+    arrival of `profile` (or at each of `arrivals`, offsets in seconds, e.g. a trace's own
+    request times; `profile` then only names the steps they count in), counting in `report`
+    and `steps`; then wait up to `wait_s` for those in flight; whatever is still running then
+    is cancelled."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     report.started_at = time.time()
-
-    async def one(endpoint: dict[str, str], index: int, sent_at: float) -> None:
-        address = endpoint["grpc"]
-        client = clients.get(address)
-        if client is None:
-            client = clients[address] = grpcclient.InferenceServerClient(address)
-        inp = grpcclient.InferInput("INPUT", list(INPUT_SHAPE), "FP32")
-        inp.set_data_from_numpy(data)
-        t0 = time.perf_counter()
-        try:
-            await client.infer(model or endpoint["model"], [inp], client_timeout=timeout_s)
-        except Exception as err:
-            report.failures[classify(err)] += 1
-            report.timeline.append((sent_at, math.nan))
-            steps[index]["failed"] += 1
-            return
-        latency = time.perf_counter() - t0
-        report.succeeded += 1
-        report.latencies.append(latency)
-        report.timeline.append((sent_at, latency))
-        steps[index]["succeeded"] += 1
-        steps[index]["latencies"].append(latency)
-
+    in_flight: set[asyncio.Task[None]] = set()
     try:
         times = (arrival_times(profile, rng, max_requests) if arrivals is None
                  else _in_steps(arrivals, profile, max_requests))
@@ -269,19 +239,88 @@ async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | No
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:
-            await asyncio.wait(set(in_flight), timeout=timeout_s + 5)
+            await asyncio.wait(set(in_flight), timeout=wait_s)
     finally:
         for task in list(in_flight):
             task.cancel()
-        for client in clients.values():
+
+
+class Clients:
+    """One asynchronous gRPC client per endpoint address, closed together."""
+
+    def __init__(self) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self.module = grpcclient
+        self._clients: dict[str, Any] = {}
+
+    def get(self, endpoint: dict[str, str]) -> Any:
+        address = endpoint["grpc"]
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = self.module.InferenceServerClient(address)
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
             with contextlib.suppress(Exception):
                 await client.close()
-    report.elapsed_s = loop.time() - start
+
+
+def step_percentiles(steps: list[dict[str, Any]], key: str, report: Report) -> None:
+    """Move `steps` into `report.per_step`, each step's list of seconds under `key` replaced by
+    its p50 and p95 in ms (``<key>p50_ms``: key "latencies" gives ``p50_ms``)."""
+    prefix = "" if key == "latencies" else f"{key}_"
     for step in steps:
-        lat_ms = [x * 1000 for x in step.pop("latencies")]
-        step["p50_ms"] = _round(percentile(lat_ms, 50))
-        step["p95_ms"] = _round(percentile(lat_ms, 95))
+        ms = [x * 1000 for x in step.pop(key)]
+        step[f"{prefix}p50_ms"] = _round(percentile(ms, 50))
+        step[f"{prefix}p95_ms"] = _round(percentile(ms, 95))
         report.per_step.append(step)
+
+
+async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | None = None,
+                max_requests: int | None = None, max_in_flight: int = 256,
+                timeout_s: float = 10.0, stop: threading.Event | None = None,
+                model: str | None = None, arrivals: Sequence[float] | None = None) -> Report:
+    """Run `profile` against `endpoints` (entries with `grpc` and `model`) and report (with
+    `arrivals`, at those send offsets: see `pace`)."""
+    rng = random.Random(seed)
+    report = Report()
+    steps: list[dict[str, Any]] = [
+        {"duration_s": s.duration_s, "rps": s.rps, "sent": 0, "succeeded": 0, "failed": 0,
+         "latencies": []} for s in profile]
+    clients = Clients()
+    data = np.ones(INPUT_SHAPE, dtype=np.float32)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def one(endpoint: dict[str, str], index: int, sent_at: float) -> None:
+        client = clients.get(endpoint)
+        inp = clients.module.InferInput("INPUT", list(INPUT_SHAPE), "FP32")
+        inp.set_data_from_numpy(data)
+        t0 = time.perf_counter()
+        try:
+            await client.infer(model or endpoint["model"], [inp], client_timeout=timeout_s)
+        except Exception as err:
+            report.failures[classify(err)] += 1
+            report.timeline.append((sent_at, math.nan))
+            steps[index]["failed"] += 1
+            return
+        latency = time.perf_counter() - t0
+        report.succeeded += 1
+        report.latencies.append(latency)
+        report.timeline.append((sent_at, latency))
+        steps[index]["succeeded"] += 1
+        steps[index]["latencies"].append(latency)
+
+    try:
+        await pace(profile, rng, endpoints, report, steps, one, max_requests=max_requests,
+                   max_in_flight=max_in_flight, stop=stop, wait_s=timeout_s + 5,
+                   arrivals=arrivals)
+    finally:
+        await clients.close()
+    report.elapsed_s = loop.time() - start
+    step_percentiles(steps, "latencies", report)
     return report
 
 
@@ -314,27 +353,30 @@ def run_profile(endpoints: Endpoints, profile: Sequence[Step], **kwargs: Any) ->
 
 
 class Background:
-    """Load running in a thread while a test watches something else; `stop()` ends it early."""
+    """Load running in a thread while a test watches something else; `stop()` ends it early.
+    `runner` is `run_profile` or another with its signature (the streaming one)."""
 
-    def __init__(self, endpoints: Endpoints, profile: Sequence[Step], **kwargs: Any) -> None:
+    def __init__(self, endpoints: Endpoints, profile: Sequence[Step], *,
+                 runner: Callable[..., Any] | None = None, **kwargs: Any) -> None:
         self._stop = threading.Event()
-        self.report: Report | None = None
+        self.report: Any = None
         self.error: BaseException | None = None
+        run = runner or run_profile
 
         def target() -> None:
             try:
-                self.report = run_profile(endpoints, profile, stop=self._stop, **kwargs)
+                self.report = run(endpoints, profile, stop=self._stop, **kwargs)
             except BaseException as err:  # surfaced by join()
                 self.error = err
 
         self._thread = threading.Thread(target=target, name="loadgen", daemon=True)
         self._thread.start()
 
-    def stop(self) -> Report:
+    def stop(self) -> Any:
         self._stop.set()
         return self.join()
 
-    def join(self, timeout: float | None = None) -> Report:
+    def join(self, timeout: float | None = None) -> Any:
         self._thread.join(timeout)
         if self.error is not None:
             raise self.error

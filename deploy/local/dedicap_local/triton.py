@@ -35,6 +35,11 @@ from dedicap_local import procs
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 MODEL_SOURCE = Path(__file__).parent / "models" / "simulated_replica.py"
+LLM_SOURCE = Path(__file__).parent / "models" / "streaming_llm.py"
+KIND_BATCH, KIND_LLM = "batch", "llm"
+# ModelSpec fields the streaming LLM model reads (models/streaming_llm.py, LLMBehaviour)
+LLM_FIELDS = ("step_ms", "per_seq_ms", "per_ctx_token_us", "prefill_ms_per_token", "kv_tokens",
+              "max_num_seqs", "chunk_tokens")
 
 
 def _pytriton_root() -> Path:
@@ -106,6 +111,16 @@ class ModelSpec:
     # Queue bound: requests beyond it are refused at once (Triton 2.51: not counted as REJECTED).
     max_queue_size: int = 0
     instance_count: int = 1
+    # "llm": the streaming LLM replica (models/streaming_llm.py) instead of the request-level
+    # one; the fields below are its cost and budgets, and fail_ratio applies to it as well
+    kind: str = KIND_BATCH
+    step_ms: float = 50.0
+    per_seq_ms: float = 5.0
+    per_ctx_token_us: float = 0.0
+    prefill_ms_per_token: float = 0.05
+    kv_tokens: int = 6000
+    max_num_seqs: int = 16
+    chunk_tokens: int = 512
 
     def capacity_rps(self) -> float:
         """Throughput when every batch is full: the most this replica can serve."""
@@ -114,7 +129,9 @@ class ModelSpec:
 
 
 def render_config(spec: ModelSpec, control_file: Path | None = None) -> str:
-    """config.pbtxt for the simulated replica."""
+    """config.pbtxt for the simulated replica (or the streaming LLM one)."""
+    if spec.kind == KIND_LLM:
+        return render_llm_config(spec, control_file)
     params = {
         "base_ms": spec.base_ms,
         "per_item_ms": spec.per_item_ms,
@@ -151,12 +168,33 @@ def render_config(spec: ModelSpec, control_file: Path | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_llm_config(spec: ModelSpec, control_file: Path | None = None) -> str:
+    """config.pbtxt for the streaming LLM replica: decoupled, one request per execute."""
+    lines = [
+        f'name: "{spec.name}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "model_transaction_policy { decoupled: true }",
+        'input [ { name: "PROMPT_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] },',
+        '        { name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] } ]',
+        'output [ { name: "TOKEN" data_type: TYPE_INT32 dims: [ 1 ] } ]',
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+    ]
+    params: dict[str, object] = {key: getattr(spec, key) for key in (*LLM_FIELDS, "fail_ratio")}
+    if control_file is not None:
+        params["control_file"] = control_file
+    for key, value in params.items():
+        lines.append(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
 def write_model_repository(repo: Path, spec: ModelSpec, control_file: Path | None = None) -> Path:
     """Generate `<repo>/<model>/{config.pbtxt,1/model.py}`; returns the repository path."""
     model_dir = repo / spec.name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(render_config(spec, control_file))
-    shutil.copyfile(MODEL_SOURCE, model_dir / "1" / "model.py")
+    source = LLM_SOURCE if spec.kind == KIND_LLM else MODEL_SOURCE
+    shutil.copyfile(source, model_dir / "1" / "model.py")
     return repo
 
 
@@ -392,7 +430,8 @@ def list_instances(run_dir: Path) -> list[TritonHandle]:
 
 
 def set_behaviour(handle: TritonHandle, **overrides: float) -> None:
-    """Change the running model's behaviour (base_ms, per_item_ms, fail_ratio, jitter) live.
+    """Change the running model's behaviour (base_ms, per_item_ms, fail_ratio, jitter; for the
+    streaming LLM model its LLM_FIELDS and fail_ratio) live.
 
     The model reads the control file at most twice a second; an empty call restores its config.
     """

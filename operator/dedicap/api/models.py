@@ -16,10 +16,11 @@ Conventions that the CRD generator relies on:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 GROUP = "dedicap.dev"
 VERSION = "v1alpha1"
@@ -32,14 +33,29 @@ MAX_POOL_NAME = 20
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Namespace names are DNS-1123 labels (they may start with a digit).
 NAMESPACE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# A Kubernetes resource.Quantity, as the API server's own schema spells it.
-QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+# A Kubernetes resource.Quantity that a container may request: the API server's own spelling
+# without the minus sign (a negative request is refused when the Deployment is written).
+QUANTITY = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
             r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 # Triton model names are directory names in the model repository.
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # Where Triton can read a model repository from: object stores it supports natively, an
 # absolute path inside the image, or a PersistentVolumeClaim (`pvc://<claim>/<path>`).
 MODEL_REPOSITORY = r"^(s3://|gs://|as://|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/|$)|/)"
+# No credentials in it: a user:password@ part or a query string (a signed URL, a SAS token)
+# would be copied into the Deployment's arguments, Events and logs. A CEL rule, not a pattern:
+# the API server repeats a value that fails a pattern in its answer, never one that fails CEL.
+REPOSITORY_CREDENTIALS = r"^[a-z0-9]+://[^/]*@"
+REPOSITORY_HINT = ("spec.model.repository must not carry credentials (user:password@ or a "
+                   "?query): put them in a Secret named by spec.triton.envFromSecret")
+# Kubernetes label syntax: a key is an optional DNS-subdomain prefix and a name of at most 63
+# characters; a value is empty or such a name. Node and namespace selectors are copied into
+# children, where the API server checks exactly this.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+             rf"{LABEL_NAME}$")
+LABEL_VALUE = rf"^({LABEL_NAME})?$"
+MAX_LABEL_KEY = 253 + 1 + 63
 
 DnsLabelName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 PoolName = Annotated[
@@ -56,6 +72,26 @@ PoolName = Annotated[
 ]
 NamespaceName = Annotated[str, Field(min_length=1, max_length=63, pattern=NAMESPACE_NAME)]
 Quantity = Annotated[str, Field(max_length=64, pattern=QUANTITY)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+
+
+def _label_keys(labels: dict[str, str]) -> dict[str, str]:
+    bad = [k for k in labels if len(k) > MAX_LABEL_KEY or not re.match(LABEL_KEY, k)]
+    if bad:
+        raise ValueError(f"label keys {bad!r} are not valid: a name of at most 63 characters "
+                         "(letters, digits, '-', '_', '.'), optionally after a DNS prefix and '/'")
+    return labels
+
+
+def _labels_field(field_path: str, **kwargs: Any) -> Any:
+    """A map of labels: keys checked by a CEL rule (a CRD schema cannot constrain map keys)."""
+    rule = _cel(f"self.all(k, k.size() <= {MAX_LABEL_KEY} && k.matches('{LABEL_KEY}'))",
+                f"{field_path}: every key must be a label key: a name of at most 63 characters "
+                "(letters, digits, '-', '_', '.'), optionally after a DNS prefix and '/'")
+    return Field(json_schema_extra={"x-kubernetes-validations": [rule]}, **kwargs)
+
+
+Labels = Annotated[dict[str, LabelValue], AfterValidator(_label_keys)]
 
 
 class _Model(BaseModel):
@@ -93,18 +129,41 @@ def _defaulted(model: type[_M]) -> Any:
 
 
 class Toleration(_Model):
-    """A toleration added to the pods placed on the pool (the same fields as a Pod's)."""
+    """A toleration added to the pods placed on the pool (the same fields and rules as a
+    Pod's)."""
 
-    key: str | None = Field(None, max_length=253, description="Taint key to tolerate; empty "
-                            "with operator Exists tolerates every taint.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("(has(self.key) && self.key != '') || self.operator == 'Exists'",
+             "spec.tolerations: a toleration without a key must use operator Exists"),
+        _cel("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+             "spec.tolerations: operator Exists takes no value"),
+        _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+             "spec.tolerations: tolerationSeconds needs effect NoExecute"),
+    ]})
+
+    key: str | None = Field(None, max_length=MAX_LABEL_KEY, pattern=f"^$|{LABEL_KEY}",
+                            description=(
+        "Taint key to tolerate (a label key); empty with operator Exists tolerates every "
+        "taint."))
     operator: Literal["Exists", "Equal"] = Field(
         "Equal", description="`Exists` matches any value; `Equal` needs `value` to match.")
-    value: str | None = Field(None, max_length=63, description="Taint value for `Equal`.")
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE,
+                              description="Taint value for `Equal` (a label value).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to tolerate; empty tolerates all effects.")
     toleration_seconds: int | None = Field(
         None, alias="tolerationSeconds", ge=0,
         description="For NoExecute: how long the pod stays bound after the taint appears.")
+
+    @model_validator(mode="after")
+    def _as_kubernetes_checks(self) -> Toleration:
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key must use operator Exists")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
     def k8s(self) -> dict[str, Any]:
         return self.wire()
@@ -155,15 +214,16 @@ class GPUSpec(_Model):
 class GPUPoolSpec(_Model):
     """Which nodes form the pool, what GPU they carry and what a GPU-hour costs."""
 
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        alias="nodeSelector", min_length=1, max_length=16, description=(
+    node_selector: Labels = _labels_field(
+        "spec.nodeSelector", alias="nodeSelector", min_length=1, max_length=16, description=(
             "Labels a node must carry to belong to the pool; the pool's pods get it as their "
             "nodeSelector. At least one label."))
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=16, json_schema_extra={"x-kubernetes-list-type": "atomic"},
         description="Tolerations the pool's pods need, typically for the GPU nodes' taint.")
     gpu: GPUSpec
-    price_per_gpu_hour: float = Field(0.0, alias="pricePerGPUHour", ge=0, description=(
+    price_per_gpu_hour: float = Field(0.0, alias="pricePerGPUHour", ge=0, le=1_000_000,
+                                      description=(
         "Price of one GPU for one hour, in `currency`; used for cost accounting."))
     currency: str = Field("USD", min_length=3, max_length=3, pattern=r"^[A-Z]{3}$",
                           description="ISO 4217 currency code of `pricePerGPUHour`.")
@@ -210,20 +270,48 @@ class GPUPool(_Model):
 # ----------------------------------------------------------------------------- ModelDeployment
 
 
+def _no_credentials(uri: str) -> str:
+    if re.match(REPOSITORY_CREDENTIALS, uri) or "?" in uri:
+        raise ValueError(REPOSITORY_HINT)
+    return uri
+
+
+MetricsProfile = Literal["request", "vllm", "tensorrtllm"]
+LLM_PROFILES: Final = ("vllm", "tensorrtllm")
+
+
 class ModelSpec(_Model):
     """The model Triton serves."""
+
+    # On the object, not the string: the API server's answer then says "object" where it would
+    # otherwise repeat the refused value, credentials included.
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_cel(
+        f"!self.repository.matches('{REPOSITORY_CREDENTIALS}') && "
+        "!self.repository.contains('?')", REPOSITORY_HINT, ".repository")]})
 
     name: str = Field(min_length=1, max_length=128, pattern=MODEL_NAME, description=(
         "Model name: its directory in the model repository; Triton loads it with "
         "`--load-model` and reports readiness at `/v2/models/<name>/ready`."))
-    repository: str = Field(min_length=2, max_length=1024, pattern=MODEL_REPOSITORY, description=(
-        "Model repository Triton reads: `s3://`, `gs://`, `as://` (Azure), an absolute path in "
-        "the image, or `pvc://<claim>/<path>` to mount a PersistentVolumeClaim read-only."))
+    repository: Annotated[str, AfterValidator(_no_credentials)] = Field(
+        min_length=2, max_length=1024, pattern=MODEL_REPOSITORY, description=(
+            "Model repository Triton reads: `s3://`, `gs://`, `as://` (Azure), an absolute path "
+            "in the image, or `pvc://<claim>/<path>` to mount a PersistentVolumeClaim "
+            "read-only. No credentials: those go in the Secret of `triton.envFromSecret`."))
     version: str | None = Field(None, max_length=32, pattern=r"^[0-9]+$", description=(
         "Model version to serve (a number). Changing it rolls the replicas; the model's "
         "version policy in its config decides what Triton loads."))
     backend: str | None = Field(None, max_length=64, pattern=r"^[a-z][a-z0-9_]*$", description=(
         "Triton backend, e.g. `tensorrtllm`, `python`, `onnxruntime` (informational)."))
+    metrics_profile: MetricsProfile = Field(
+        "request", alias="metricsProfile", json_schema_extra={"default": "request"},
+        description=(
+            "Which metrics the replicas publish, and so which objectives the autoscaler can "
+            "keep: `request` (Triton's request-level metrics, any backend), `vllm` (a "
+            "streaming LLM on Triton's vLLM backend: vLLM's own families, e.g. "
+            "`vllm:time_to_first_token_seconds`, with custom metrics on) or `tensorrtllm` (a "
+            "streaming LLM on the TensorRT-LLM backend: its `nv_trt_llm_*` families and "
+            "Triton's time to first response). The LLM profiles allow token-level objectives "
+            "(`autoscaling.slo.timeToFirstToken`, `timePerOutputToken`)."))
 
 
 class EnvVar(_Model):
@@ -308,15 +396,51 @@ class ErrorRateSLO(_Model):
         "Largest acceptable error ratio, between 0 and 1, e.g. 0.001 for 0.1%."))
 
 
+class TokenLatencySLO(_Model):
+    """A token-level latency objective of a streaming LLM: the given percentile stays under
+    targetMs."""
+
+    percentile: float = Field(95.0, gt=0, lt=100, description=(
+        "Percentile, strictly between 0 and 100, e.g. 95 or 99 (of requests for the time to "
+        "first token, of generated tokens for the time per output token)."))
+    target_ms: float = Field(alias="targetMs", gt=0, le=600_000,
+                             description="Target in milliseconds (> 0).")
+
+
 class SLOSpec(_Model):
     """Service level objective the autoscaler keeps."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_cel(
-        "has(self.latency) || has(self.errorRate)",
-        "spec.autoscaling.slo needs `latency`, `errorRate` or both", None, "FieldValueRequired")]})
+        "has(self.latency) || has(self.errorRate) || has(self.timeToFirstToken) || "
+        "has(self.timePerOutputToken)",
+        "spec.autoscaling.slo needs at least one of `latency`, `errorRate`, "
+        "`timeToFirstToken`, `timePerOutputToken`", None, "FieldValueRequired")]})
 
-    latency: LatencySLO | None = None
+    latency: LatencySLO | None = Field(None, description=(
+        "Request latency: Triton's whole request (for a streaming LLM, until its last token)."))
     error_rate: ErrorRateSLO | None = Field(None, alias="errorRate")
+    time_to_first_token: TokenLatencySLO | None = Field(
+        None, alias="timeToFirstToken", description=(
+            "Time to first token of a streaming LLM (needs spec.model.metricsProfile `vllm` or "
+            "`tensorrtllm`): from the request's arrival to its first token, queueing and "
+            "prefill included."))
+    time_per_output_token: TokenLatencySLO | None = Field(
+        None, alias="timePerOutputToken", description=(
+            "Time per output token of a streaming LLM after its first (needs "
+            "spec.model.metricsProfile `vllm`: TensorRT-LLM's backend publishes no per-token "
+            "latency)."))
+
+    @property
+    def token_level(self) -> bool:
+        return self.time_to_first_token is not None or self.time_per_output_token is not None
+
+    @model_validator(mode="after")
+    def _something_to_keep(self) -> SLOSpec:
+        if (self.latency is None and self.error_rate is None
+                and not self.token_level):
+            raise ValueError("spec.autoscaling.slo needs at least one of `latency`, "
+                             "`errorRate`, `timeToFirstToken`, `timePerOutputToken`")
+        return self
 
 
 class ScalingRules(_Model):
@@ -368,8 +492,9 @@ class AutoscalingSpec(_Model):
 class NamespaceSelector(_Model):
     """Namespaces selected by their labels."""
 
-    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        alias="matchLabels", min_length=1, max_length=16,
+    match_labels: Labels = _labels_field(
+        "spec.access.namespaceSelector.matchLabels", alias="matchLabels", min_length=1,
+        max_length=16,
         description="Labels a namespace must carry, all of them.")
 
 
@@ -385,6 +510,14 @@ class AccessSpec(_Model):
         description="Namespaces, by label, whose pods may call the model.")
 
 
+_TOKEN_SLO_NEEDS_LLM = (
+    "spec.autoscaling.slo.timeToFirstToken and timePerOutputToken need spec.model."
+    "metricsProfile `vllm` or `tensorrtllm`: a request-level model publishes no token latency")
+_TPOT_NEEDS_VLLM = (
+    "spec.autoscaling.slo.timePerOutputToken needs spec.model.metricsProfile `vllm`: "
+    "TensorRT-LLM's backend publishes no per-token latency (use timeToFirstToken)")
+
+
 class ModelDeploymentSpec(_Model):
     """Desired state of a private model deployment."""
 
@@ -394,6 +527,13 @@ class ModelDeploymentSpec(_Model):
              "self.replicas <= self.autoscaling.maxReplicas)",
              "spec.replicas must be within [spec.autoscaling.minReplicas, "
              "spec.autoscaling.maxReplicas] when autoscaling is set", ".replicas"),
+        _cel("!has(self.autoscaling) || (!has(self.autoscaling.slo.timeToFirstToken) && "
+             "!has(self.autoscaling.slo.timePerOutputToken)) || "
+             "(has(self.model.metricsProfile) && self.model.metricsProfile != 'request')",
+             _TOKEN_SLO_NEEDS_LLM, ".model.metricsProfile"),
+        _cel("!has(self.autoscaling) || !has(self.autoscaling.slo.timePerOutputToken) || "
+             "!has(self.model.metricsProfile) || self.model.metricsProfile != 'tensorrtllm'",
+             _TPOT_NEEDS_VLLM, ".autoscaling.slo.timePerOutputToken"),
     ]})
 
     model: ModelSpec
@@ -417,6 +557,21 @@ class ModelDeploymentSpec(_Model):
             raise ValueError("spec.replicas must be within [spec.autoscaling.minReplicas, "
                              "spec.autoscaling.maxReplicas] when autoscaling is set")
         return self
+
+    @model_validator(mode="after")
+    def _token_objectives_need_an_llm_profile(self) -> ModelDeploymentSpec:
+        slo = self.autoscaling.slo if self.autoscaling is not None else None
+        if slo is not None and slo.token_level and self.model.metrics_profile == "request":
+            raise ValueError(_TOKEN_SLO_NEEDS_LLM)
+        if (slo is not None and slo.time_per_output_token is not None
+                and self.model.metrics_profile == "tensorrtllm"):
+            raise ValueError(_TPOT_NEEDS_VLLM)
+        return self
+
+    @property
+    def llm(self) -> bool:
+        """Whether the replicas serve a streaming LLM (a token-level metrics profile)."""
+        return self.model.metrics_profile in LLM_PROFILES
 
     def desired_replicas(self) -> int:
         """The replica count the operator runs: spec.replicas, else the autoscaling floor, else
@@ -450,8 +605,46 @@ class ObservedMetrics(_Model):
                                       description="Failed / all requests.")
     request_rate: float | None = Field(None, alias="requestRate", ge=0,
                                        description="Requests per second.")
+    ttft_ms: float | None = Field(None, alias="ttftMs", ge=0, description=(
+        "A streaming LLM's time to first token at the SLO's percentile (95 without one), ms."))
+    tpot_ms: float | None = Field(None, alias="tpotMs", ge=0, description=(
+        "A streaming LLM's time per output token at the SLO's percentile (95 without one), "
+        "ms."))
+    prompt_tokens_per_second: float | None = Field(
+        None, alias="promptTokensPerSecond", ge=0, description="Prompt tokens prefilled per "
+        "second, all replicas.")
+    generation_tokens_per_second: float | None = Field(
+        None, alias="generationTokensPerSecond", ge=0, description="Tokens generated per "
+        "second, all replicas.")
+    kv_cache_usage: float | None = Field(None, alias="kvCacheUsage", ge=0, le=1, description=(
+        "The fullest replica's KV-cache usage, 0 to 1."))
+    waiting_requests: float | None = Field(None, alias="waitingRequests", ge=0, description=(
+        "Requests waiting for room in the replicas' batches (KV cache or sequence limit)."))
     sampled_at: datetime | None = Field(None, alias="sampledAt",
                                         description="Time of the observation.")
+
+
+class TokenCapacity(_Model):
+    """What a streaming LLM's replicas serve within its token-level SLO, learned from its own
+    metrics: the figure provisioned-throughput offerings sell (tokens per minute)."""
+
+    prompt_tokens_per_second: float = Field(0.0, alias="promptTokensPerSecond", ge=0,
+                                            description="Prompt tokens per second, one replica.")
+    generation_tokens_per_second: float = Field(
+        0.0, alias="generationTokensPerSecond", ge=0,
+        description="Generated tokens per second, one replica.")
+    tokens_per_minute_per_replica: float = Field(
+        0.0, alias="tokensPerMinutePerReplica", ge=0,
+        description="Prompt and generated tokens per minute, one replica.")
+    tokens_per_minute_per_gpu: float = Field(0.0, alias="tokensPerMinutePerGPU", ge=0,
+                                             description="The same per GPU.")
+    tokens_per_minute: float = Field(0.0, alias="tokensPerMinute", ge=0, description=(
+        "Prompt and generated tokens per minute the ready replicas serve within the SLO."))
+    limited_by: str = Field("", alias="limitedBy", max_length=64, description=(
+        "What bounds a replica: `timePerOutputToken`, `timeToFirstToken`, `kvCache` or "
+        "`maxSequences`."))
+    measured_at: datetime | None = Field(None, alias="measuredAt",
+                                         description="When it was last learned.")
 
 
 class ScaleDecision(_Model):
@@ -516,6 +709,8 @@ class ModelDeploymentStatus(_Model):
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["pool"]},
         description="Replicas per pool.")
     observed: ObservedMetrics | None = None
+    token_capacity: TokenCapacity | None = Field(None, alias="tokenCapacity", description=(
+        "A streaming LLM's token capacity within its SLO (once measured)."))
     last_scale: ScaleDecision | None = Field(None, alias="lastScale")
     cost: CostStatus | None = None
     autoscaler: AutoscalerMemory | None = None
@@ -577,6 +772,13 @@ class ValidityWindow(_Model):
     not_after: datetime | None = Field(None, alias="notAfter",
                                        description="End of the reservation (RFC 3339).")
 
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidityWindow:
+        if (self.not_before is not None and self.not_after is not None
+                and not self.not_before < self.not_after):
+            raise ValueError("spec.window.notBefore must be earlier than spec.window.notAfter")
+        return self
+
 
 class CapacityReservationSpec(_Model):
     """GPUs of one pool committed to a tenant's namespaces."""
@@ -588,6 +790,20 @@ class CapacityReservationSpec(_Model):
     gpus: int = Field(ge=0, le=100_000, description="Committed GPUs.")
     burst: BurstSpec | None = None
     window: ValidityWindow | None = None
+
+
+class ReservationTokenCapacity(_Model):
+    """One streaming LLM's token capacity on a reservation."""
+
+    model_deployment: str = Field(alias="modelDeployment", max_length=128,
+                                  description="`<namespace>/<name>` of the ModelDeployment.")
+    tokens_per_minute_per_gpu: float = Field(0.0, alias="tokensPerMinutePerGPU", ge=0,
+                                             description="Within its SLO, per GPU.")
+    tokens_per_minute: float = Field(0.0, alias="tokensPerMinute", ge=0, description=(
+        "Within its SLO, on the reserved GPUs its replicas use now."))
+    tokens_per_minute_reserved: float = Field(
+        0.0, alias="tokensPerMinuteReserved", ge=0,
+        description="Within its SLO, were all the reservation's GPUs running it.")
 
 
 class CapacityReservationStatus(_Model):
@@ -602,6 +818,11 @@ class CapacityReservationStatus(_Model):
     headroom_gpus: int = Field(0, alias="headroomGPUs", ge=0,
                                description="Reserved GPUs not in use.")
     message: str = Field("", max_length=4096, description="Why it is or is not admitted.")
+    token_capacity: list[ReservationTokenCapacity] = Field(
+        default_factory=list, alias="tokenCapacity", max_length=64, json_schema_extra={
+            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["modelDeployment"]},
+        description=("What the reservation's GPUs buy in tokens, per streaming LLM using it, "
+                     "at that model's measured capacity within its SLO."))
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=_CONDITIONS_EXTRA,
                                        description=_CONDITIONS)
 

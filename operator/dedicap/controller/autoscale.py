@@ -53,6 +53,7 @@ from dedicap.controller.peering import PeeringGate
 from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
 from dedicap.controller.reconcile import Reconciler
 from dedicap.controller.status import autoscaling as st
+from dedicap.controller.status import tokens as st_tokens
 from dedicap.controller.view import ClusterView
 from dedicap.decide.cluster import PodInfo
 from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState, decide
@@ -66,6 +67,7 @@ from dedicap.metrics.snapshot import (
     QueryClient,
     observe_many,
 )
+from dedicap.metrics.snapshot_tokens import TokenSnapshot, observe_tokens_many
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,10 @@ def _finite(x: float | None) -> bool:
 
 
 def observation_window(snap: MetricsSnapshot, *, ready: int, starting: int,
-                       current: int) -> ObservationWindow:
-    """The policy's view of a snapshot. An unavailable snapshot has no timestamp, so the
-    policy holds (it never acts on figures the snapshot says must not be trusted)."""
+                       current: int, tokens: TokenSnapshot | None = None) -> ObservationWindow:
+    """The policy's view of a snapshot (and of a streaming LLM's token snapshot). An
+    unavailable snapshot has no timestamp, so the policy holds (it never acts on figures the
+    snapshot says must not be trusted)."""
     if not snap.available:
         return ObservationWindow(timestamp=None, window_s=snap.window_s, ready_replicas=ready,
                                  starting_replicas=starting, current_replicas=current)
@@ -152,6 +155,7 @@ def observation_window(snap: MetricsSnapshot, *, ready: int, starting: int,
         success_rate_short=snap.success_rate_short,
         mean_queue_ms_short=snap.mean_queue_ms_short,
         queue_growth=snap.queue_growth,
+        tokens=st_tokens.signals(tokens),
     )
 
 
@@ -216,6 +220,10 @@ class Autoscaler(BackgroundLoop):
         self._due: dict[tuple[str, str], float] = {}
         self._seen_replicas: dict[tuple[str, str], int] = {}
         self._saved: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._parsed: dict[tuple[str, str], tuple[Any, tuple[ModelDeployment, PolicyConfig,
+                                                               float]]] = {}
+        # What a blind evaluation (no usable metrics) saw: the same again decides the same hold.
+        self._blind: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     # ----------------------------------------------------------------- scheduling
 
@@ -226,6 +234,7 @@ class Autoscaler(BackgroundLoop):
             self._due.clear()
             self._seen_replicas.clear()
             self._saved.clear()
+            self._blind.clear()
             return []
         mono = time.monotonic()
         listed: dict[tuple[str, str], dict[str, Any]] = {}
@@ -245,6 +254,8 @@ class Autoscaler(BackgroundLoop):
         self._due.pop(key, None)
         self._seen_replicas.pop(key, None)
         self._saved.pop(key, None)
+        self._parsed.pop(key, None)
+        self._blind.pop(key, None)
         self.metrics.forget(*key)
 
     def evaluate_all(self, due: list[tuple[tuple[str, str], dict[str, Any]]],
@@ -257,27 +268,42 @@ class Autoscaler(BackgroundLoop):
         for key, raw in due:
             interval = self.settings.defaults.evaluation_interval_s
             try:
-                md = ModelDeployment.model_validate(raw)
-                assert md.spec.autoscaling is not None
-                config = policy_config(md.spec.autoscaling, self.settings.defaults)
-                interval = evaluation_interval(md.spec.autoscaling, self.settings.defaults)
+                md, config, interval = self._parse(key, raw)
                 parsed.append((key, raw, md, config))
             except ValidationError:
                 pass  # the reconcile reports the invalid spec
             # Aligned to the interval, so ModelDeployments of one interval share a query.
             self._due[key] = (math.floor(mono / interval) + 1) * interval
         snaps = self._observe_all(parsed, now)
+        tokens = self._observe_tokens(parsed, snaps, now)
         outcomes = []
         for key, raw, md, config in parsed:
             started = time.monotonic()
             try:
-                outcomes.append(self._evaluate(raw, md, config, snaps[key], now))
+                outcomes.append(self._evaluate(raw, md, config, snaps[key], now,
+                                               tokens.get(key)))
             except Exception as err:  # one ModelDeployment's failure is its own
                 log.exception("autoscaling %s/%s failed", *key)
                 outcomes.append(self._failed(raw, key, err))
             finally:
                 self.metrics.evaluation_seconds.observe(time.monotonic() - started)
         return outcomes
+
+    def _parse(self, key: tuple[str, str], raw: Mapping[str, Any]
+               ) -> tuple[ModelDeployment, PolicyConfig, float]:
+        """The ModelDeployment, its policy config and interval, parsed once per version of the
+        object (a quiet fleet is not validated again at every evaluation)."""
+        version = (raw.get("metadata") or {}).get("resourceVersion")
+        cached = self._parsed.get(key)
+        if cached is not None and version is not None and cached[0] == version:
+            return cached[1]
+        md = ModelDeployment.model_validate(raw)
+        assert md.spec.autoscaling is not None
+        parsed = (md, policy_config(md.spec.autoscaling, self.settings.defaults,
+                                    md.spec.model.metrics_profile),
+                  evaluation_interval(md.spec.autoscaling, self.settings.defaults))
+        self._parsed[key] = (version, parsed)
+        return parsed
 
     def _observe_all(self, parsed: list[tuple[tuple[str, str], dict[str, Any],
                                               ModelDeployment, PolicyConfig]],
@@ -313,10 +339,37 @@ class Autoscaler(BackgroundLoop):
         assert set(keys) <= set(snaps)
         return snaps
 
+    def _observe_tokens(self, parsed: list[tuple[tuple[str, str], dict[str, Any],
+                                                 ModelDeployment, PolicyConfig]],
+                        snaps: Mapping[tuple[str, str], MetricsSnapshot], now: float
+                        ) -> dict[tuple[str, str], TokenSnapshot]:
+        """Streaming LLMs' token signals: one query per (profile, percentiles), beside the
+        request-level one (skipped when Prometheus did not answer that one)."""
+        groups: dict[tuple[str, float, float, float], list[tuple[str, str]]] = {}
+        for key, _, _, cfg in parsed:
+            t = cfg.tokens
+            if t is not None and self.client is not None and snaps[key].problem not in (
+                    PROBLEM_UNAVAILABLE, st.NO_PROMETHEUS):
+                groups.setdefault((t.profile, t.ttft_percentile, t.tpot_percentile,
+                                   t.e2e_percentile), []).append(key)
+        out: dict[tuple[str, str], TokenSnapshot] = {}
+        for (profile, ttft, tpot, e2e), group in sorted(groups.items()):
+            assert self.client is not None
+            got = observe_tokens_many(self.client, group, profile,
+                                      self.settings.defaults.window_s, now,
+                                      ttft_percentile=ttft, tpot_percentile=tpot,
+                                      e2e_percentile=e2e)
+            for problem in {t.problem for t in got.values()} & {PROBLEM_UNAVAILABLE,
+                                                                  PROBLEM_QUERY}:
+                self.metrics.record_query_error(problem)
+            out.update(got)
+        return out
+
     # ----------------------------------------------------------------- one evaluation
 
     def _evaluate(self, raw: Mapping[str, Any], md: ModelDeployment, config: PolicyConfig,
-                  snap: MetricsSnapshot, now: float) -> Outcome:
+                  snap: MetricsSnapshot, now: float,
+                  tokens: TokenSnapshot | None = None) -> Outcome:
         spec = md.spec.autoscaling
         assert spec is not None
         namespace, name = md.namespace, md.name
@@ -324,10 +377,21 @@ class Autoscaler(BackgroundLoop):
         ready, starting = replica_counts(self.view.pods_of(namespace, name))
         current = md.spec.desired_replicas()
         manual = self._seen_replicas.get(key)
+        limit, explanation = self._replica_limit(md, spec.max_replicas)
+        # Blind (no usable metrics) exactly as at the last evaluation, with the same spec,
+        # replicas and limit: the policy can only hold again, and the status says so already.
+        blind = (None if snap.available else
+                 (md.generation, ready, starting, current, limit, snap.problem, snap.reason,
+                  tokens.problem if tokens is not None else None))
+        if blind is not None and self._blind.get(key) == blind and manual == current:
+            self.metrics.record_decision(namespace, name, "hold", st.CODE_METRICS_UNAVAILABLE)
+            return Outcome(namespace, name, snap, None, st.CODE_METRICS_UNAVAILABLE, False,
+                           limit)
+        self._blind.pop(key, None)
         saved = (raw.get("status") or {}).get("autoscaler")
         state, unreadable = read_state(saved)
-        limit, explanation = self._replica_limit(md, spec.max_replicas)
-        window = observation_window(snap, ready=ready, starting=starting, current=current)
+        window = observation_window(snap, ready=ready, starting=starting, current=current,
+                                    tokens=tokens)
         decision = decide(config, window, state, now, limit)
         code = st.reason_code(decision, window, config)
         scaled = False
@@ -349,7 +413,9 @@ class Autoscaler(BackgroundLoop):
             events.append(("Normal", "ScaledUp" if decision.replicas > current else "ScaledDown",
                            f"{current} -> {decision.replicas} ({code}): {decision.reason}"))
         self._report(md, snap, config, decision, code, scaled, current, limit, explanation,
-                     now, events, force_state=bool(unreadable))
+                     now, events, force_state=bool(unreadable), tokens=tokens, ready=ready)
+        if blind is not None and not scaled and decision.replicas == current:
+            self._blind[key] = blind
         self.metrics.record_decision(namespace, name,
                                      decision.direction if scaled else "hold", code)
         self.metrics.set_modeldeployment(
@@ -420,7 +486,8 @@ class Autoscaler(BackgroundLoop):
     def _report(self, md: ModelDeployment, snap: MetricsSnapshot, config: PolicyConfig,
                 decision: Decision, code: str, scaled: bool, current: int,
                 limit: int | None, explanation: str, now: float,
-                events: list[tuple[str, str, str]], *, force_state: bool) -> None:
+                events: list[tuple[str, str, str]], *, force_state: bool,
+                tokens: TokenSnapshot | None = None, ready: int = 0) -> None:
         spec = md.spec.autoscaling
         assert spec is not None
         key = (md.namespace, md.name)
@@ -433,8 +500,19 @@ class Autoscaler(BackgroundLoop):
             previous = fresh.get("status") or {}
             conds = st.autoscaler_conditions(previous.get("conditions") or [], snap, spec,
                                              config, decision,
-                                             explanation if limit is not None else "")
+                                             explanation if limit is not None else "",
+                                             st_tokens.verdict_problems(tokens, config))
             observed = st.observed_status(snap, when)
+            if config.tokens is not None:
+                observed.update(st_tokens.observed(tokens if snap.available else None,
+                                                   config.tokens.e2e_percentile))
+                capacity = st_tokens.capacity_status(
+                    config, decision.state, ready, md.spec.resources.gpus_per_replica, when)
+                old_capacity = {k: v for k, v in (previous.get("tokenCapacity") or {}).items()
+                                if k != "measuredAt"}
+                if capacity is not None and {k: v for k, v in capacity.items()
+                                             if k != "measuredAt"} != old_capacity:
+                    fields["tokenCapacity"] = capacity
             if _figures(observed) != _figures(previous.get("observed") or {}):
                 fields["observed"] = observed
             if scaled:

@@ -42,6 +42,7 @@ from dedicap.controller.kube import KINDS, Kube, KubeError
 from dedicap.controller.loop import BackgroundLoop
 from dedicap.controller.peering import PeeringGate, serves
 from dedicap.controller.reconcile import CapacityPlanner
+from dedicap.controller.status import tokens as st_tokens
 from dedicap.controller.status.capacity import pool_status, reservation_status
 from dedicap.controller.view import ClusterView
 from dedicap.decide import capacity_objects as co
@@ -177,6 +178,9 @@ class CapacityLoop(BackgroundLoop):
                             state.invalid_reservations.get(name, "invalid"))
                 continue
             fields, conds = reservation_status(cr, plan.admissions[name], plan.usage[name])
+            fields["tokenCapacity"] = st_tokens.reservation_capacity(
+                cr, plan.usage[name], {f"{m['metadata']['namespace']}/{m['metadata']['name']}": m
+                                       for m in self.view.modeldeployments()})
             self._write_status("CapacityReservation", raw, fields, conds, now)
 
     def _pools(self, plan: CapacityPlan | None, state: ClusterState) -> None:
@@ -198,9 +202,6 @@ class CapacityLoop(BackgroundLoop):
                       conds: list[Any], now: datetime) -> None:
         generation = int(raw["metadata"].get("generation", 0) or 0)
         upd = status.update(raw.get("status"), fields, conds, generation, now)
-        for cond in upd.transitions:
-            self.events.record(raw, status.event_type(cond), cond.reason,
-                               f"{cond.type} is {cond.status}: {cond.message}")
         if not upd.patch:
             return
         try:
@@ -212,6 +213,9 @@ class CapacityLoop(BackgroundLoop):
             raise
         self.applier.writes += 1
         self.view.observe_write(kind, written)
+        for cond in upd.transitions:  # once written, as the reconcile does
+            self.events.record(raw, status.event_type(cond), cond.reason,
+                               f"{cond.type} is {cond.status}: {cond.message}")
 
 
 def missing_priority_classes(kube: Kube) -> list[str]:

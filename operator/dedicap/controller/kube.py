@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,20 @@ class KubeError(Exception):
 # ApiException (it turns TLS errors into one) and socket-level OSErrors.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError, kubernetes.client.exceptions.ApiException, OSError)
+
+
+# Characters YAML does not take raw: DEL and the C1 controls are refused, NEL and the Unicode
+# line and paragraph separators would be read as line breaks, a byte-order mark may be dropped.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+
+
+def apply_body(obj: Mapping[str, Any]) -> bytes:
+    """A server-side apply patch: JSON (which is YAML) that the API server's YAML reader takes
+    back unchanged. Not the client's own json.dumps: its ASCII escapes of characters beyond the
+    Basic Multilingual Plane are surrogate pairs ("\\ud83e..."), which that reader refuses
+    (HTTP 400). UTF-8 as it is, but for the characters YAML will not take raw, escaped."""
+    text = json.dumps(dict(obj), ensure_ascii=False)
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text).encode()
 
 
 def load_config(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
@@ -264,7 +279,7 @@ class Kube:
         path = KINDS[obj["kind"]].path(meta.get("namespace"), meta["name"], subresource)
         return dict(self.request(
             "PATCH", path, query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=dict(obj), content_type="application/apply-patch+yaml"))
+            body=apply_body(obj), content_type="application/apply-patch+yaml"))
 
     def patch_merge(self, kind: str, name: str, patch: Mapping[str, Any], *,
                     namespace: str | None = None, subresource: str | None = None,

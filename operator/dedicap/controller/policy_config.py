@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from dedicap.api.models import AutoscalingSpec, ScalingRules
+from dedicap.api.models import LLM_PROFILES, AutoscalingSpec, ScalingRules
 from dedicap.decide.policy import Behavior, PolicyConfig
+from dedicap.decide.policy_tokens import TokenSLO
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,27 @@ def _direction(rules: ScalingRules | None, interval_s: float, *, up: bool
     return out
 
 
-def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults) -> PolicyConfig:
-    """The PolicyConfig the operator runs for this `spec.autoscaling`."""
+def token_slo(spec: AutoscalingSpec, profile: str) -> TokenSLO | None:
+    """A streaming LLM's objectives (None for a request-level model): TTFT and TPOT, and the
+    request-latency objective, which for a stream is its whole duration."""
+    if profile not in LLM_PROFILES:
+        return None
+    slo = spec.slo
+    ttft, tpot, latency = slo.time_to_first_token, slo.time_per_output_token, slo.latency
+    return TokenSLO(
+        profile=profile,
+        ttft_percentile=ttft.percentile if ttft else 95.0,
+        ttft_target_ms=ttft.target_ms if ttft else math.inf,
+        tpot_percentile=tpot.percentile if tpot else 95.0,
+        tpot_target_ms=tpot.target_ms if tpot else math.inf,
+        e2e_percentile=latency.percentile if latency else 95.0,
+        e2e_target_ms=latency.target_ms if latency else math.inf)
+
+
+def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults,
+                  profile: str = "request") -> PolicyConfig:
+    """The PolicyConfig the operator runs for this `spec.autoscaling` (and the model's metrics
+    profile: an LLM's runs in tokens)."""
     interval = evaluation_interval(spec, defaults)
     changes: dict[str, float | int] = {}
     if spec.behavior is not None:
@@ -93,6 +113,7 @@ def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults) -> Policy
         startup_delay_s=defaults.startup_delay_s,
         staleness_s=defaults.staleness_s(),
         burst_memory_s=defaults.burst_memory_s,
+        tokens=token_slo(spec, profile),
     )
     if errors is not None:
         config = replace(config, error_rate_max=errors.maximum)

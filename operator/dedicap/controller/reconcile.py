@@ -216,9 +216,6 @@ class Reconciler:
     def _write_status(self, body: Mapping[str, Any], fields: dict[str, Any],
                       conds: list[c.Cond], generation: int) -> int:
         upd = status.update(body.get("status"), fields, conds, generation, self.clock())
-        for cond in upd.transitions:
-            self.events.record(body, status.event_type(cond), cond.reason,
-                               f"{cond.type} is {cond.status}: {cond.message}")
         if not upd.patch:
             return 0
         meta = body["metadata"]
@@ -231,4 +228,9 @@ class Reconciler:
                 return 0
             raise
         self.view.observe_write("ModelDeployment", written)
+        # Explained once written: a crash before the write must not leave an Event that says
+        # a condition changed when the status never did (the next process decides afresh).
+        for cond in upd.transitions:
+            self.events.record(body, status.event_type(cond), cond.reason,
+                               f"{cond.type} is {cond.status}: {cond.message}")
         return 1

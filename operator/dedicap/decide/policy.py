@@ -59,8 +59,10 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from dedicap.decide import policy_tokens
 from dedicap.decide.forecast import HoltState, holt_forecast, holt_update
 from dedicap.decide.policy_capacity import BatchFit, learn_batch_time, slo_batch_capacity
+from dedicap.decide.policy_tokens import TokenFit, TokenSignals, TokenSLO
 
 Direction = Literal["up", "down", "hold"]
 
@@ -123,6 +125,9 @@ class PolicyConfig:
     # Panic when the fast path's arrivals exceed this multiple of what the ready replicas
     # serve at the SLO (or queues deeper than a batch per replica grow); 0 disables it.
     panic_threshold: float = 1.5
+    # A streaming LLM's token-level objectives: then the policy runs in tokens
+    # (policy_tokens.py); None for request-level models.
+    tokens: TokenSLO | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ class ObservationWindow:
     ready_replicas: int = 0
     starting_replicas: int = 0
     current_replicas: int = 0  # the count asked for now (spec.replicas)
+    tokens: TokenSignals | None = None  # a streaming LLM's token signals
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,7 @@ class PolicyState:
     last_queue_t: float | None = None
     # (time, fast-path arrival rate) over `burst_memory_s`: the burst-aware headroom's sample
     fast: tuple[tuple[float, float], ...] = ()
+    tokens: TokenFit | None = None  # a streaming LLM's learned token capacity
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -219,6 +226,7 @@ class PolicyState:
             last_queue=d.get("last_queue"),
             last_queue_t=d.get("last_queue_t"),
             fast=tuple((float(t), float(r)) for t, r in d.get("fast", [])),
+            tokens=TokenFit.from_dict(d["tokens"]) if d.get("tokens") else None,
         )
 
 
@@ -256,6 +264,8 @@ def _check_state(d: Any) -> None:
                 _number(part.get(key), f"{name}.{key}")
         if part.get("t") is not None:
             _number(part["t"], f"{name}.t")
+    if d.get("tokens") is not None:
+        policy_tokens.check_token_fit(d["tokens"], _number)
     for name, integer in (("recent", False), ("recommendations", True), ("history", True),
                           ("fast", False)):
         points = d.get(name, [])
@@ -411,6 +421,9 @@ def decide(
     replica_limit: int | None = None,
 ) -> Decision:
     """The desired replica count for one evaluation (see the module docstring)."""
+    if config.tokens is not None:
+        # a streaming LLM: the same policy with a generated token as the unit of work
+        return policy_tokens.decide_in_tokens(config, window, state, now, replica_limit, decide)
     current = max(window.current_replicas, 0)
     lo, hi = _limits(config, replica_limit)
     offered = _offered(window)

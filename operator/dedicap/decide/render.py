@@ -30,6 +30,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "dedicap"
 ANNOTATION_MODEL = "dedicap.dev/model"
 ANNOTATION_MODEL_VERSION = "dedicap.dev/model-version"
+# the metrics profile of a streaming LLM's pods (what they publish; the local data plane picks
+# its streaming model by it)
+ANNOTATION_METRICS_PROFILE = "dedicap.dev/metrics-profile"
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_MOUNT = "/models"
@@ -146,6 +149,10 @@ def triton_args(md: ModelDeployment, repository: str) -> list[str]:
         f"--metrics-port={METRICS_PORT}",
         "--allow-metrics=true",
         "--metrics-config=summary_latencies=true",
+        # TensorRT-LLM's backend publishes no time to first token: Triton's histogram of the
+        # time to a decoupled model's first response is it, for a streaming request
+        *(["--metrics-config=histogram_latencies=true"]
+          if md.spec.model.metrics_profile == "tensorrtllm" else []),
         # A replica whose model fails to load exits and is restarted, instead of serving
         # nothing while looking alive.
         "--exit-on-error=true",
@@ -171,6 +178,8 @@ def pod_template(md: ModelDeployment, plan: DeploymentPlan, pool: GPUPoolSpec,
     annotations = {ANNOTATION_MODEL: model}
     if spec.model.version is not None:
         annotations[ANNOTATION_MODEL_VERSION] = spec.model.version
+    if spec.llm:
+        annotations[ANNOTATION_METRICS_PROFILE] = spec.model.metrics_profile
     gpus = str(spec.resources.gpus_per_replica)
     ready_path = f"/v2/models/{model}/ready"
     period = options.probe_period_seconds

@@ -142,14 +142,21 @@ def observe_many(client: QueryClient, keys: Iterable[tuple[str, str]], window_s:
     except QueryError as err:
         reason = f"Prometheus rejected the query ({err.error_type}: {err.error})"
         return {k: _unavailable(base, PROBLEM_QUERY, reason) for k in wanted}
+    grouped = by_modeldeployment(samples, wanted)
+    max_age = stale_after_intervals * scrape_interval_s
+    return {k: from_samples(v, base, max_age_s=max_age) for k, v in grouped.items()}
+
+
+def by_modeldeployment(samples: Iterable[Sample], wanted: Iterable[tuple[str, str]]
+                       ) -> dict[tuple[str, str], list[Sample]]:
+    """The samples of each wanted `(namespace, name)` (a query's matchers may select more)."""
     grouped: dict[tuple[str, str], list[Sample]] = {k: [] for k in wanted}
     for sample in samples:
         key = (sample.labels.get(promql.LABEL_NAMESPACE, ""),
                sample.labels.get(promql.LABEL_MODELDEPLOYMENT, ""))
         if key in grouped:
             grouped[key].append(sample)
-    max_age = stale_after_intervals * scrape_interval_s
-    return {k: from_samples(v, base, max_age_s=max_age) for k, v in grouped.items()}
+    return grouped
 
 
 def _unavailable(base: MetricsSnapshot, problem: str, reason: str) -> MetricsSnapshot:

@@ -85,6 +85,28 @@ def parse_slo(text: str) -> tuple[float, float]:
     return pct, value * (1000.0 if unit == "s" else 1.0)
 
 
+class SLOAction(argparse.Action):
+    """``--slo`` (repeatable): a request-level objective (``p95=200ms``) sets ``args.slo``; a
+    streaming LLM's (``ttft.p95=500ms``, ``tpot.p95=50ms``) goes to ``args.token_slo``, and
+    then the plan replays tokens (llm_plan.py)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from dedicap.sim.llm_plan import parse_token_slo
+
+        text = str(values)
+        try:
+            token = parse_token_slo(text)
+            if token is None:
+                namespace.slo = parse_slo(text)
+            else:
+                objectives = dict(getattr(namespace, "token_slo", None) or {})
+                objectives[token[0]] = (token[1], token[2])
+                namespace.token_slo = objectives
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+
+
 def parse_pool(text: str) -> Pool:
     m = re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)=(\d+(?:\.\d+)?)(?:@(\d+(?:\.\d+)?))?", text)
     if not m:
@@ -302,7 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--model", default="encoder-1b", choices=sorted(MEASURED),
                      help="the calibrated example when no measurement of yours is given")
     rep.add_argument("--queue-timeout", type=float, default=1.0, help="seconds; 0 = none")
-    ap.add_argument("--slo", type=parse_slo, default=(95.0, 200.0), help="e.g. p95=200ms")
+    ap.add_argument("--slo", action=SLOAction, default=(95.0, 200.0),
+                    help="e.g. p95=200ms; for a streaming LLM ttft.p95=500ms and/or "
+                    "tpot.p95=50ms (repeatable): then the trace's token counts are replayed "
+                    "through continuous-batching replicas")
+    llm = ap.add_argument_group("streaming LLMs (with ttft/tpot objectives)")
+    llm.add_argument("--prompt-column", help="prompt tokens per request (default: guessed, "
+                     "e.g. ContextTokens)")
+    llm.add_argument("--output-column", help="generated tokens per request (default: guessed, "
+                     "e.g. GeneratedTokens)")
+    llm.add_argument("--llm-model", default="llama-8b", choices=["llama-8b"],
+                     help="the replica's model (constants per GPU, not measured here)")
     ap.add_argument("--error-rate", type=float, default=0.001, help="max error ratio per minute")
     ap.add_argument("--attainment", type=float, default=0.99,
                     help="SLO-minute attainment the reservation must reach")
@@ -343,6 +375,10 @@ def main(argv: list[str]) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     _check_args(ap, args)
+    if getattr(args, "token_slo", None):
+        from dedicap.sim import llm_plan
+
+        return llm_plan.run(args, args.token_slo)
     source = args.trace or args.modeldeployment
     try:
         traffic = load_traffic(args)

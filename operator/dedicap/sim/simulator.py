@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -209,7 +209,7 @@ class MetricsView:
         succ = total("successes")
         disp, batches = total("dispatched"), total("batches")
         short = self.samples(now, s.short_window_s)
-        fast: dict[str, float] = {}
+        fast: dict[str, Any] = {}
         if len(short) >= 2:
             sa, sb = short[0], short[-1]
             done = self._increase(("dispatched",), sa, sb)

@@ -30,8 +30,10 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
+
+from dedicap_local.models.control import ControlFile, parameter, with_overrides
 
 try:  # only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -57,16 +59,8 @@ class Behaviour:
         return max(ms, 0.0) / 1000.0
 
     def with_overrides(self, values: dict[str, Any]) -> Behaviour:
-        """A copy with the known keys of `values` applied; unknown or malformed keys are ignored."""
-        known = {f.name for f in fields(self)}
-        changes: dict[str, float] = {}
-        for key, value in values.items():
-            if key in known:
-                try:
-                    changes[key] = float(value)
-                except (TypeError, ValueError):
-                    continue
-        return replace(self, **changes)
+        """A copy with the known keys of `values` applied; malformed values are ignored."""
+        return with_overrides(self, values)
 
 
 def behaviour_from_parameters(parameters: dict[str, Any]) -> Behaviour:
@@ -81,35 +75,15 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = config.get("parameters", {}) or {}
         self._configured = behaviour_from_parameters(parameters)
-        control = parameters.get("control_file", {})
-        self._control_file = control.get("string_value", "") if isinstance(control, dict) else ""
+        self._control = ControlFile(parameter(parameters, "control_file"),
+                                    _CONTROL_FILE_PERIOD_S)
         self._behaviour = self._configured
-        self._control_checked = 0.0
-        self._control_mtime: float | None = None
         self._rng = random.Random(os.getpid())
 
     def _refresh(self) -> None:
-        # A stat twice a second at most: cheap, and lets tests switch a running model to failing.
-        now = time.monotonic()
-        if not self._control_file or now - self._control_checked < _CONTROL_FILE_PERIOD_S:
-            return
-        self._control_checked = now
-        try:
-            mtime = os.stat(self._control_file).st_mtime
-        except OSError:
-            self._control_mtime = None
-            self._behaviour = self._configured
-            return
-        if mtime == self._control_mtime:
-            return
-        try:
-            with open(self._control_file) as fh:
-                values = json.load(fh)
-        except (OSError, ValueError):
-            return
-        self._control_mtime = mtime
-        if isinstance(values, dict):
-            self._behaviour = self._configured.with_overrides(values)
+        # twice a second at most: cheap, and lets tests switch a running model to failing
+        if self._control.poll():
+            self._behaviour = self._configured.with_overrides(self._control.values)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         self._refresh()

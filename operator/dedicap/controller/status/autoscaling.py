@@ -23,6 +23,7 @@ from typing import Any
 
 from dedicap.api import conditions as c
 from dedicap.api.models import AutoscalingSpec
+from dedicap.decide import policy_tokens
 from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig
 from dedicap.metrics.snapshot import MetricsSnapshot
 
@@ -39,6 +40,8 @@ EVALUATION_FAILED = "EvaluationFailed"
 # fixed set, never free text.
 CODE_METRICS_UNAVAILABLE = "MetricsUnavailable"
 CODE_LATENCY = "LatencyAboveSLO"
+CODE_TOKEN_LATENCY = "TokenLatencyAboveSLO"  # a streaming LLM's TTFT or TPOT
+CODE_KV_CACHE = "KVCacheSaturated"  # requests wait for room in a full KV cache
 CODE_REJECTED = "RequestsRejected"
 CODE_DEMAND_UP = "DemandRising"
 CODE_DEMAND_DOWN = "DemandFalling"
@@ -96,10 +99,18 @@ def reason_code(decision: Decision, window: ObservationWindow, config: PolicyCon
     rejected = offered > 0 and window.rejected_rate / offered > config.error_rate_max
     slow = (_finite(window.latency_quantile_ms)
             and window.latency_quantile_ms > config.latency_target_ms)
+    slow_tokens = kv = False
+    if config.tokens is not None and window.tokens is not None:
+        slow_tokens = bool(policy_tokens.token_breaches(config.tokens, window.tokens))
+        kv = policy_tokens.kv_saturated(window.tokens, window.ready_replicas)
     limited = decision.limited_by or ""
     if decision.direction == "up":
         if window.current_replicas < config.min_replicas:
             return CODE_BELOW_MIN
+        if slow_tokens:
+            return CODE_TOKEN_LATENCY
+        if kv:
+            return CODE_KV_CACHE
         if slow:
             return CODE_LATENCY
         if rejected:
@@ -109,7 +120,7 @@ def reason_code(decision: Decision, window: ObservationWindow, config: PolicyCon
         if limited in ("max replicas", "reservation limit"):
             return CODE_ABOVE_LIMIT
         return CODE_DEMAND_DOWN
-    if limited == "reservation limit" and (slow or rejected):
+    if limited == "reservation limit" and (slow or slow_tokens or kv or rejected):
         return CODE_LIMIT
     if limited in ("scale-down stabilization", "observing for one stabilization window first",
                    "latency near target: no scale-down"):
@@ -130,21 +141,23 @@ def metrics_condition(snap: MetricsSnapshot) -> c.Cond:
                   f"{snap.reason}; replicas are held (never scaled down blind)")
 
 
-def slo_verdict(snap: MetricsSnapshot, spec: AutoscalingSpec) -> tuple[bool | None, str, str]:
-    """(met, reason, message); met is None when the metrics cannot tell."""
+def slo_verdict(snap: MetricsSnapshot, spec: AutoscalingSpec,
+                token_problems: Sequence[str] = ()) -> tuple[bool | None, str, str]:
+    """(met, reason, message); met is None when the metrics cannot tell. `token_problems` are
+    a streaming LLM's broken token objectives, in words (status/tokens.py)."""
     if not snap.available:
         return None, "MetricsUnavailable", "no fresh metrics: " + (snap.reason or snap.problem)
     latency, errors = spec.slo.latency, spec.slo.error_rate
     offered = snap.request_rate
     if not (_finite(offered) and offered > 0):
         return True, "NoTraffic", "no requests in the window"
-    problems: list[str] = []
-    reason = "WithinSLO"
+    problems: list[str] = list(token_problems)
+    reason = "TokenLatencyAboveTarget" if problems else "WithinSLO"
     if latency is not None and _finite(snap.latency_quantile_ms) \
             and snap.latency_quantile_ms > latency.target_ms:
         problems.append(f"p{latency.percentile:g} {snap.latency_quantile_ms:.0f}ms > "
                         f"{latency.target_ms:g}ms")
-        reason = "LatencyAboveTarget"
+        reason = "LatencyAboveTarget" if reason == "WithinSLO" else reason
     ratio = snap.error_ratio
     if errors is not None and _finite(ratio) and ratio > errors.maximum:
         failures = ", ".join(f"{k} {v:.2f}/s" for k, v in sorted(snap.failure_rates.items())
@@ -159,8 +172,9 @@ def slo_verdict(snap: MetricsSnapshot, spec: AutoscalingSpec) -> tuple[bool | No
                           f"at {offered:.1f} req/s")
 
 
-def slo_condition(snap: MetricsSnapshot, spec: AutoscalingSpec) -> c.Cond:
-    met, reason, message = slo_verdict(snap, spec)
+def slo_condition(snap: MetricsSnapshot, spec: AutoscalingSpec,
+                  token_problems: Sequence[str] = ()) -> c.Cond:
+    met, reason, message = slo_verdict(snap, spec, token_problems)
     status: c.Status = "Unknown" if met is None else ("True" if met else "False")
     return c.Cond(c.SLO_MET, status, reason, message)
 
@@ -181,13 +195,14 @@ def backend_problem(snap: MetricsSnapshot, config: PolicyConfig) -> str | None:
 
 def autoscaler_conditions(previous: Sequence[Mapping[str, Any]], snap: MetricsSnapshot,
                           spec: AutoscalingSpec, config: PolicyConfig, decision: Decision,
-                          limit_explanation: str) -> list[c.Cond]:
+                          limit_explanation: str, token_problems: Sequence[str] = ()
+                          ) -> list[c.Cond]:
     """MetricsAvailable and SLOMet, plus Degraded / CapacityConstrained where the autoscaler
     has something to say and the reconciler does not (see the module docstring)."""
-    out = [metrics_condition(snap), slo_condition(snap, spec)]
+    out = [metrics_condition(snap), slo_condition(snap, spec, token_problems)]
     if not snap.available:
         return out  # nothing new is known about the model or the capacity: leave them
-    met, _, slo_message = slo_verdict(snap, spec)
+    met, _, slo_message = slo_verdict(snap, spec, token_problems)
 
     def owned(type_: str, new: c.Cond) -> None:
         old = c.find(previous, type_)
