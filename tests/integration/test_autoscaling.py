@@ -12,6 +12,7 @@ tritonserver.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -142,6 +143,15 @@ def serving(stack: Any, namespace: str, count: int) -> bool:
     """`count` replicas: pods Running and a scraped tritonserver behind each."""
     running = [p for p in pods(stack, namespace) if p["status"].get("phase") == "Running"]
     return len(running) == count and len(endpoints(stack, namespace)) == count
+
+
+def one_slow_replica(stack: Any, namespace: str, max_replicas: int) -> None:
+    """An autoscaled ModelDeployment of the slowed model from one replica, serving and
+    reporting fresh metrics."""
+    set_sim(stack, namespace, "bot", SLOW_MODEL)
+    apply_md(stack, namespace, min_replicas=1, max_replicas=max_replicas)
+    wait_for(lambda: serving(stack, namespace, 1), "one serving replica", timeout=90)
+    wait_for(lambda: metrics_fresh(stack, namespace), "MetricsAvailable=True", timeout=60)
 
 
 def metrics_fresh(stack: Any, namespace: str) -> dict[str, Any] | None:
@@ -281,6 +291,36 @@ def test_load_falls_scales_down_after_stabilization_never_below_min(
                       "at_min_after_drop_s": round(at_min - t_drop, 1),
                       "stabilization_s": window,
                       "timeline": [n for _, n in timeline.points]}))
+
+
+def test_a_step_is_met_by_the_fast_path_in_one_move(
+        stack: Any, namespace: str, operator: OperatorProcess) -> None:
+    # 10 -> 60 req/s, a 6x step that one ~29-req/s replica cannot serve: the fast path (a 5-s
+    # window, completions plus the queues' growth) sees the new level before the 20-s window
+    # or Triton's summaries do, and the count goes there in one move (a second one at most,
+    # should the first read the step half-way), without overshooting it by more than one.
+    one_slow_replica(stack, namespace, max_replicas=6)
+    timeline = Timeline(stack, namespace)
+    load = loadgen.Background(loadgen.endpoints_for(namespace, "bot", stack.run_dir),
+                              [loadgen.Step(25, 10), loadgen.Step(75, 60)], seed=5,
+                              timeout_s=30, max_in_flight=2000)
+    try:
+        timeline.until(lambda n: n >= 2, "a scale-up after the step", timeout=90)
+        for _ in range(45):  # the new replicas start, serve, and the backlog drains
+            timeline.sample()
+            time.sleep(1)
+    finally:
+        report = load.stop()
+    counts = [n for _, n in timeline.points]
+    rises = [b for a, b in itertools.pairwise(counts) if b > a]
+    final = counts[-1]
+    assert final >= 2 and len(rises) <= 2, counts
+    assert max(counts) <= final + 1, counts
+    # the clients' last 20 s of the step are within the SLO
+    minutes = loadgen.step_minutes(report, [loadgen.Step(25, 10), loadgen.Step(75, 60)])
+    late = [x for t, x in report.timeline if t >= 80 and math.isfinite(x)]
+    assert late and loadgen.percentile([1000 * x for x in late], 95) < TARGET_MS
+    print(json.dumps({"asked": counts, "rises": rises, "minutes": minutes}))
 
 
 def test_prometheus_down_during_a_load_drop_holds_replicas_and_says_why(

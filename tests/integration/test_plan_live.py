@@ -20,17 +20,14 @@ from test_autoscaling import (  # the operator and namespace fixtures, and their
     EVAL_S,
     SLOW_MODEL,
     TARGET_MS,
-    apply_md,
-    metrics_fresh,
     namespace,
+    one_slow_replica,
     operator,
-    serving,
-    set_sim,
     spec_replicas,
 )
 
 from dedicap_local import loadgen
-from testkit import OperatorProcess, wait_for
+from testkit import OperatorProcess
 
 pytestmark = pytest.mark.integration
 __all__ = ["namespace", "operator"]
@@ -42,10 +39,7 @@ HISTORY_S = 140.0  # the load, from the overload of one replica to the settled f
 
 def test_plan_from_prometheus_matches_the_live_autoscaler(
         stack: Any, namespace: str, operator: OperatorProcess) -> None:
-    set_sim(stack, namespace, "bot", SLOW_MODEL)
-    apply_md(stack, namespace, min_replicas=1, max_replicas=4)
-    wait_for(lambda: serving(stack, namespace, 1), "one serving replica", timeout=90)
-    wait_for(lambda: metrics_fresh(stack, namespace), "MetricsAvailable=True", timeout=60)
+    one_slow_replica(stack, namespace, max_replicas=4)
     eps = loadgen.endpoints_for(namespace, "bot", stack.run_dir)
     load = loadgen.Background(eps, [loadgen.Step(LOAD_S, LOAD_RPS)], seed=11, timeout_s=30,
                               max_in_flight=2000)

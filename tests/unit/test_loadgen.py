@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 
 from dedicap_local.loadgen import (
     Endpoints,
+    Report,
     Step,
     arrival_times,
     classify,
     parse_profile,
     percentile,
+    step_minutes,
 )
 
 
@@ -118,3 +120,20 @@ class FakeError(Exception):
 ])
 def test_classify(msg: str, status: str | None, kind: str) -> None:
     assert classify(FakeError(msg, status)) == kind
+
+
+def test_step_minutes_count_each_request_in_the_minute_it_completed() -> None:
+    profile = [Step(40, 20), Step(100, 110), Step(30, 20)]
+    report = Report(timeline=[
+        (10.0, 0.05),  # step 0, its only minute
+        (50.0, 1.5),  # sent in step 1's first minute, answered in it
+        (99.5, 1.0),  # sent in the first minute, answered in the second
+        (120.0, math.nan),  # failed: counted where it was sent
+        (150.0, 0.1),  # step 2
+    ])
+    rows = step_minutes(report, profile)
+    assert [(r["step"], r["minute"], r["start_s"], r["end_s"]) for r in rows] == [
+        (0, 1, 0.0, 40.0), (1, 1, 40.0, 100.0), (1, 2, 100.0, 140.0), (2, 1, 140.0, 170.0)]
+    assert [r["requests"] for r in rows] == [1, 1, 2, 1]
+    assert [r["failed"] for r in rows] == [0, 0, 1, 0]
+    assert rows[1]["p95_ms"] == 1500.0 and rows[2]["p95_ms"] == 1000.0

@@ -45,7 +45,8 @@ def test_a_saved_state_reads_back_as_it_was() -> None:
     {"holt": {"level": 1}}, {"holt": [1, 2, 3]}, {"fit": "x"}, {"fit": {"w": "1"}},
     {"history": "x"}, {"history": [[1, 2, 3]]}, {"history": [[NOW, 1.5]]},
     {"recommendations": [[NOW, -1]]}, {"recent": [[NOW, 1]] * 20_000},
-    {"last_eval": "yesterday"},
+    {"last_eval": "yesterday"}, {"fast": "x"}, {"fast": [[NOW, -1.0]]},
+    {"fast": [[NOW, math.nan]]}, {"fast": [[NOW, 1.0]] * 20_000},
 ])
 def test_anything_else_is_refused_and_starts_afresh(forged: Any) -> None:
     state, why = read_state(saved(forged))

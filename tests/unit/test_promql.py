@@ -16,6 +16,8 @@ from dedicap.metrics import promql
 from dedicap.metrics.promql import Signal, Target
 from promkit import (
     EVAL_AT_S,
+    INTERVAL_S,
+    STEPS,
     check_rules,
     constant,
     counter,
@@ -26,6 +28,7 @@ from promkit import (
 
 TARGET = Target(namespace="acme", modeldeployment="bot")
 WINDOW_S = 60.0
+SHORT_S = 37.5  # the fast path's window: 2.5 scrapes of 15 s
 
 
 def test_duration_formats_seconds_and_milliseconds() -> None:
@@ -69,17 +72,21 @@ def test_label_values_are_escaped() -> None:
 
 
 def test_combined_query_tags_every_signal_once() -> None:
-    expr = promql.combined(TARGET, WINDOW_S, 95)
+    expr = promql.combined(TARGET, WINDOW_S, 95, SHORT_S)
     for signal in Signal:
         assert expr.count(f'"signal", "{signal}", "", ""') == 1, signal
+    # without a short window, the fast path's signals are not asked for
+    plain = promql.combined(TARGET, WINDOW_S, 95)
+    assert "[37500ms]" in expr and "[37500ms]" not in plain
+    assert Signal.QUEUE_GROWTH not in promql.signals(TARGET, WINDOW_S, 95)
 
 
 @needs_promtool
 def test_every_expression_parses(tmp_path: Path) -> None:
-    exprs = [*promql.signals(TARGET, WINDOW_S, 95).values(),
-             *promql.signals(Target("acme", "bot", pool="p", pod="x", model="m"), 1.5, 99.9
-                             ).values(),
-             promql.combined(TARGET, WINDOW_S, 95)]
+    exprs = [*promql.signals(TARGET, WINDOW_S, 95, SHORT_S).values(),
+             *promql.signals(Target("acme", "bot", pool="p", pod="x", model="m"), 1.5, 99.9,
+                             0.5).values(),
+             promql.combined(TARGET, WINDOW_S, 95, SHORT_S)]
     result = check_rules(tmp_path, exprs)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
@@ -191,6 +198,11 @@ EXPECTED: dict[Signal, list[tuple[dict[str, str], float]]] = {
     Signal.PODS_DOWN: [({}, 1.0)],
     Signal.NEWEST_SAMPLE: [({}, float(EVAL_AT_S))],
     Signal.GPU_UTILIZATION: [({}, 0.375)],
+    # steady counters: the short window reads what the long one does; constant queues
+    Signal.REQUEST_RATE_SHORT: [({}, 3.75)],
+    Signal.SUCCESS_RATE_SHORT: [({}, 3.0)],
+    Signal.MEAN_QUEUE_MS_SHORT: [({}, 20.0)],
+    Signal.QUEUE_GROWTH: [({}, 0.0)],
 }
 
 
@@ -211,7 +223,7 @@ def expr_test(expr: str, samples: list[tuple[dict[str, str], float]],
 
 @needs_promtool
 def test_each_signal_evaluates_to_what_it_means(tmp_path: Path) -> None:
-    exprs = promql.signals(TARGET, WINDOW_S, 95)
+    exprs = promql.signals(TARGET, WINDOW_S, 95, SHORT_S)
     assert set(exprs) == set(EXPECTED)
     tests = [expr_test(exprs[signal], EXPECTED[signal]) for signal in Signal]
     result = run_promtool_tests(tmp_path, tests, INPUT)
@@ -223,7 +235,7 @@ def test_combined_query_returns_every_signal_tagged(tmp_path: Path) -> None:
     samples = [({**lb, "signal": str(signal)}, value)
                for signal, expected in EXPECTED.items() for lb, value in expected]
     result = run_promtool_tests(
-        tmp_path, [expr_test(promql.combined(TARGET, WINDOW_S, 95), samples)], INPUT)
+        tmp_path, [expr_test(promql.combined(TARGET, WINDOW_S, 95, SHORT_S), samples)], INPUT)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -237,6 +249,25 @@ def test_a_selection_answers_for_each_modeldeployment_apart(tmp_path: Path) -> N
         {"labels": '{namespace="acme",modeldeployment="bot"}', "value": 3.75},
         {"labels": '{namespace="acme",modeldeployment="other"}', "value": 118.0}]}]
     result = run_promtool_tests(tmp_path, tests, INPUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_the_fast_path_sees_a_step_the_long_window_averages(tmp_path: Path) -> None:
+    # 10 req/s until 570 s, then 40 req/s served while the queue grows by 2 per second: 30 s
+    # later the short window (samples at 570, 585, 600 s) reads the new level, the 60-s window
+    # a blend, and the queue's growth is the arrivals Triton has not counted yet.
+    lb = labels("a")
+    step = 570 // INTERVAL_S  # samples 0..step at the old rate
+    served = (f"0+{10 * INTERVAL_S}x{step} "
+              f"{10 * 570 + 40 * INTERVAL_S}+{40 * INTERVAL_S}x{STEPS - step - 1}")
+    pending = f"0x{step} {2 * INTERVAL_S}+{2 * INTERVAL_S}x{STEPS - step - 1}"
+    data = [{"series": series("nv_inference_request_success", lb), "values": served},
+            {"series": series("nv_inference_pending_request_count", lb), "values": pending}]
+    tests = [expr_test(promql.request_rate(TARGET, SHORT_S), [({}, 40.0)]),
+             expr_test(promql.queue_growth(TARGET, SHORT_S), [({}, 2.0)]),
+             expr_test(promql.request_rate(TARGET, WINDOW_S), [({}, 25.0)])]
+    result = run_promtool_tests(tmp_path, tests, data)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+from dataclasses import replace
 
 import pytest
 
@@ -59,6 +60,24 @@ def test_busy_modeldeployment() -> None:
     assert snap.pod_request_rate == {"a": 2.5, "b": 1.25}
     assert (snap.pods_reporting, snap.pods_down) == (2, 0)
     assert math.isnan(snap.gpu_utilization)
+    # the fast path was not asked for
+    assert snap.short_window_s is None and math.isnan(snap.request_rate_short)
+
+
+def test_the_fast_path_signals_are_read_when_asked_for() -> None:
+    fast = [s(Signal.REQUEST_RATE_SHORT, 9.0), s(Signal.SUCCESS_RATE_SHORT, 8.0),
+            s(Signal.MEAN_QUEUE_MS_SHORT, 250.0), s(Signal.QUEUE_GROWTH, 1.5)]
+    snap = from_samples([*BUSY, *fast], replace(base(), short_window_s=5.0), max_age_s=45)
+    assert snap.available and snap.short_window_s == 5.0
+    assert (snap.request_rate_short, snap.success_rate_short) == (9.0, 8.0)
+    assert (snap.mean_queue_ms_short, snap.queue_growth) == (250.0, 1.5)
+
+
+def test_observe_asks_for_the_fast_path_in_the_same_query() -> None:
+    client = RecordingClient([])
+    snapshot.observe(client, "acme", "bot", 60.0, NOW, short_window_s=5.0)
+    (expr, at), = client.calls
+    assert at == NOW and "[5s]" in expr and "deriv(" in expr
 
 
 def test_idle_modeldeployment_is_available_with_unknown_latency() -> None:

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from dedicap.sim.traces import (
+    Trace,
     bursty_trace,
+    heavy_tailed_bursts,
     peak_to_mean,
     rate_trace_from_windows,
     read_trace,
     read_window_rates,
     scale_arrivals,
     servegen_run,
+    stretched_trace,
 )
 
 
@@ -108,3 +111,38 @@ def test_bursty_trace_is_bursty() -> None:
     assert peak_to_mean(tr) > 4.0
     assert (m == 0).sum() >= 5  # empty minutes
     assert m.mean() == pytest.approx(1500.0, rel=0.02)
+
+
+def test_stretched_trace_moves_as_the_base_trace_s_seconds() -> None:
+    # a base trace with a clump of 20 requests in one second, every 10 s, one a second between
+    times = np.sort(np.concatenate([np.arange(0.0, 600.0, 1.0),
+                                    np.repeat(np.arange(5.0, 600.0, 10.0), 20)
+                                    + np.tile(np.linspace(0, 0.9, 20), 60)]))
+    base = Trace(name="clumps", duration=600.0, times=times)
+    tr = stretched_trace(base, stretch=60.0, mean_rps=2700.0, start_s=100.0, minutes=60,
+                         smooth_s=1.0)
+    assert tr.duration == 3600.0
+    minutes = tr.minute_rates()
+    assert minutes.mean() == pytest.approx(2700.0, rel=0.02)
+    # one clump every ten of the base's seconds: a burst every ten minutes, of a minute or
+    # two (the clump, widened by the 1-s moving average)
+    hot = (minutes > 2 * np.median(minutes)).astype(int)
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], hot])) == 1)
+    assert len(starts) == 6 and set(np.diff(starts)) == {10}
+    assert hot.sum() <= 3 * 6 and peak_to_mean(tr) > 4
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_heavy_tailed_bursts_look_like_production_traffic(seed: int) -> None:
+    tr = heavy_tailed_bursts(minutes=360, seed=seed, mean_rps=2700.0)
+    again = heavy_tailed_bursts(minutes=360, seed=seed, mean_rps=2700.0)
+    assert tr.rate is not None and again.rate is not None
+    np.testing.assert_array_equal(tr.rate, again.rate)
+    assert tr.minute_rates().mean() == pytest.approx(2700.0, rel=0.01)
+    assert 2.5 <= peak_to_mean(tr) <= 8.0
+    # bursts: runs above twice the median rate, from seconds to at most five minutes
+    assert tr.rate_t is not None
+    above = tr.rate > 2 * np.median(tr.rate)
+    edges = np.flatnonzero(np.diff(above.astype(int)))
+    runs = np.diff(edges)[::2] if above[0] == 0 else np.diff(edges)[1::2]
+    assert len(runs) > 30 and runs.max() <= 305 and np.median(runs) < 60

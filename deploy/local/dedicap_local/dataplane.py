@@ -170,6 +170,39 @@ def desired_instances(pods: Iterable[Mapping[str, Any]], sim: Mapping[str, Any],
     return out
 
 
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def readiness_changes(pods: Iterable[Mapping[str, Any]], serving: set[str]
+                      ) -> list[tuple[str, str, dict[str, Any]]]:
+    """(namespace, pod, status patch) for every running replica whose Ready condition disagrees
+    with whether its tritonserver serves (`serving`: instance keys): what a kubelet's readiness
+    probe on the model would report. The patch sets the Ready and ContainersReady conditions
+    (merged by type) and the containers' `ready` (the list is replaced whole, as it was)."""
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if MD_LABEL not in (meta.get("labels") or {}) or not pod_is_serving(pod):
+            continue
+        ns, name = str(meta["namespace"]), str(meta["name"])
+        ready = instance_key(ns, name) in serving
+        if ready == pod_ready(pod):
+            continue
+        status = "True" if ready else "False"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        containers = [{**c, "ready": ready}
+                      for c in (pod.get("status") or {}).get("containerStatuses") or []]
+        patch: dict[str, Any] = {"conditions": [
+            {"type": t, "status": status, "lastTransitionTime": now}
+            for t in ("Ready", "ContainersReady")]}
+        if containers:
+            patch["containerStatuses"] = containers
+        out.append((ns, name, {"status": patch}))
+    return out
+
+
 def structural(spec: triton.ModelSpec) -> dict[str, Any]:
     """The parts of a spec that only a new process can change."""
     return {k: v for k, v in asdict(spec).items() if k not in LIVE_FIELDS}
@@ -245,9 +278,11 @@ class DataPlane:
 
     def __init__(self, run_dir: Path, *, workers: int = 3, start_timeout: float = 120.0,
                  notify: Callable[[], None] | None = None,
+                 set_ready: Callable[[str, str, dict[str, Any]], None] | None = None,
                  pods: podstatus.Reporter | None = None) -> None:
         self.run_dir = run_dir
         self._notify = notify
+        self._set_ready = set_ready
         self._pods = pods  # where a crash and a restart are reported, as a kubelet would
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
@@ -289,7 +324,9 @@ class DataPlane:
 
     def reconcile(self, pods: Iterable[Mapping[str, Any]],
                   node_pools: Mapping[str, str] | None = None) -> None:
-        """Start, stop, restart or retune processes so that they match `pods`; non-blocking."""
+        """Start, stop, restart or retune processes so that they match `pods`, and say which
+        replicas are Ready; non-blocking."""
+        pods = list(pods)
         want = desired_instances(pods, read_sim(self.run_dir), node_pools)
         now = time.monotonic()
         with self._lock:
@@ -316,6 +353,13 @@ class DataPlane:
                 continue
             self._submit(key, self._start, target)
         self._write_endpoints()
+        if self._set_ready is not None:
+            serving = {k for k, inst in self.snapshot().items() if inst.ready}
+            for namespace, pod, patch in readiness_changes(pods, serving):
+                try:
+                    self._set_ready(namespace, pod, patch)
+                except Exception as err:  # the next pass tries again
+                    LOG.warning("cannot set the readiness of %s/%s: %s", namespace, pod, err)
 
     def _submit(self, key: str, fn: Any, arg: Any) -> None:
         with self._lock:
@@ -486,7 +530,12 @@ def run(kubeconfig: Path, run_dir: Path, stop_event: threading.Event | None = No
             "nodes": process_nodes}).start()
     core = client.CoreV1Api(api_client)
     events: queue.Queue[None] = queue.Queue()
-    plane = DataPlane(run_dir, notify=lambda: events.put(None), pods=podstatus.Reporter(core))
+
+    def set_ready(namespace: str, pod: str, patch: dict[str, Any]) -> None:
+        core.patch_namespaced_pod_status(pod, namespace, patch, _request_timeout=10)
+
+    plane = DataPlane(run_dir, notify=lambda: events.put(None), set_ready=set_ready,
+                      pods=podstatus.Reporter(core))
     lock = threading.Lock()  # guards pods and node_pools between the watch and the loop
     pods: dict[str, dict[str, Any]] = {}
     node_pools: dict[str, str] = {}

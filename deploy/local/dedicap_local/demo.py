@@ -32,6 +32,18 @@ NAMESPACE, MODEL = "acme", "support-bot"
 # worth of load.
 DEMO_SIM = {"base_ms": 40, "per_item_ms": 10, "max_batch_size": 4, "max_queue_delay_us": 5000}
 PROFILE = "40:20,100:110,100:20"
+# How the operator runs on the local stack: Prometheus scrapes every 2 s, a new replica serves
+# about 10 s after its pod is created (scheduling, Triton's start, the model's load), and the
+# loop evaluates every 5 s. benchmarks/live.py runs the same.
+LOOP = {"evaluation_s": 5.0, "scrape_s": 2.0, "window_s": 20.0, "startup_s": 10.0}
+TARGET_MS, ERROR_MAX = 200.0, 0.001  # the example ModelDeployment's SLO
+
+
+def loop_flags() -> list[str]:
+    return ["--evaluation-interval", f"{LOOP['evaluation_s']:g}",
+            "--scrape-interval", f"{LOOP['scrape_s']:g}",
+            "--metrics-window", f"{LOOP['window_s']:g}",
+            "--replica-startup", f"{LOOP['startup_s']:g}"]
 RESERVATION = "acme-h100"
 # After the load, how long to wait at most for the scale-down (the policy's default scale-down
 # stabilization is 180 s).
@@ -51,7 +63,7 @@ def start_operator(stack: stk.Stack, prometheus_url: str) -> None:
     already = procs.running_pid(stack.run_dir, "operator") is not None
     procs.start(stack.run_dir, "operator", [
         str(Path(sys.executable).with_name("dedicap")), "run", "--all-namespaces",
-        "--prometheus-url", prometheus_url, "--scrape-interval", "2",
+        "--prometheus-url", prometheus_url, *loop_flags(),
         # Capacity kept for a burst's peak: a minute, so the demo's scale-down comes in minutes.
         "--burst-memory", str(BURST_MEMORY_S),
         "--metrics-address", monitoring.operator_metrics_address(),
@@ -122,9 +134,11 @@ def run(stack: stk.Stack, *, with_load: bool = True) -> None:
         load = loadgen.Background(loadgen.endpoints_for(NAMESPACE, MODEL, stack.run_dir),
                                   loadgen.parse_profile(PROFILE), max_requests=40_000)
         watch(stack, seconds=sum(s.duration_s for s in loadgen.parse_profile(PROFILE)))
-        clients = load.stop().summary()
+        report = load.stop()
+        clients = report.summary()
         print(f"\nclients: sent {clients['sent']}, succeeded {clients['succeeded']}, "
               f"failed {clients['failed']}, p95 {clients['p95_ms']} ms")
+        print_step_minutes(report)
         peak = want(stack)
         stk.log(f"the peak is over: {TAIL_RPS} req/s go on while the replicas scale down")
         tail = loadgen.Background(loadgen.endpoints_for(NAMESPACE, MODEL, stack.run_dir),
@@ -140,6 +154,25 @@ def run(stack: stk.Stack, *, with_load: bool = True) -> None:
           f"{NAMESPACE}\nmetrics: {monitoring.prometheus_url()}   "
           "stop everything: dedicap-local down")
 
+
+
+def print_step_minutes(report: loadgen.Report) -> None:
+    """The clients' p95 and errors in each minute of each load step, and whether any minute
+    after the first of its step missed the SLO."""
+    print(f"\nclients, by minute of each load step (SLO: p95 <= {TARGET_MS:g} ms, errors <= "
+          f"{ERROR_MAX:.1%}):")
+    late_misses = late = 0
+    for row in loadgen.step_minutes(report, loadgen.parse_profile(PROFILE)):
+        errors = row["failed"] / row["requests"] if row["requests"] else 0.0
+        met = (row["p95_ms"] is None or row["p95_ms"] <= TARGET_MS) and errors <= ERROR_MAX
+        if row["minute"] > 1:
+            late += 1
+            late_misses += not met
+        print(f"  {row['rps']:>5g} req/s, minute {row['minute']} "
+              f"({row['start_s']:.0f}-{row['end_s']:.0f} s): p95 {_num(row['p95_ms'], '.0f')} "
+              f"ms, errors {errors:.2%}, {'within' if met else 'ABOVE'} the SLO")
+    print(f"after the first minute of each step: {late - late_misses} of {late} minutes within "
+          "the SLO")
 
 
 def picture(stack: stk.Stack, prometheus_url: str, start: float, end: float) -> Path:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -119,9 +121,13 @@ class Report:
     dropped: int = 0  # arrivals not sent: too many in flight
     no_endpoints: int = 0  # arrivals not sent: no ready replica
     latencies: list[float] = field(default_factory=list)
+    # every request sent: (seconds from the start when it was sent, latency in s or NaN when it
+    # failed), so that a caller can judge any window (a minute, the time after a step)
+    timeline: list[tuple[float, float]] = field(default_factory=list)
     per_step: list[dict[str, Any]] = field(default_factory=list)
     per_endpoint: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    started_at: float = 0.0  # unix time of offset 0
 
     @property
     def failed(self) -> int:
@@ -137,6 +143,28 @@ class Report:
             "p99_ms": _round(percentile(lat_ms, 99)),
             "per_endpoint": dict(self.per_endpoint), "steps": self.per_step,
         }
+
+
+def step_minutes(report: Report, profile: Sequence[Step]) -> list[dict[str, Any]]:
+    """The clients' requests by the minute of the load step in which they completed (a failure
+    counts where it was sent): each step's first minute, its second, ... (a step's last one may
+    be shorter). What "no minute above the SLO after the first of each step" is judged on."""
+    bounds: list[tuple[int, int, float, float]] = []  # (step, minute, from, to)
+    start = 0.0
+    for index, step in enumerate(profile):
+        end = start + step.duration_s
+        for minute in range(1, math.ceil(step.duration_s / 60.0 - 1e-9) + 1):
+            a = start + 60.0 * (minute - 1)
+            bounds.append((index, minute, a, min(a + 60.0, end)))
+        start = end
+    out = []
+    for index, minute, a, b in bounds:
+        lat = [x for t, x in report.timeline if math.isfinite(x) and a <= t + x < b]
+        failed = sum(1 for t, x in report.timeline if not math.isfinite(x) and a <= t < b)
+        out.append({"step": index, "minute": minute, "start_s": a, "end_s": b,
+                    "rps": profile[index].rps, "requests": len(lat) + failed, "failed": failed,
+                    "p95_ms": _round(percentile([x * 1000 for x in lat], 95))})
+    return out
 
 
 def _round(x: float) -> float | None:
@@ -175,17 +203,23 @@ class Endpoints:
 
 async def pace(profile: Sequence[Step], rng: random.Random, endpoints: Endpoints,
                report: Report, steps: list[dict[str, Any]],
-               one: Callable[[dict[str, str], int], Coroutine[Any, Any, None]], *,
+               one: Callable[[dict[str, str], int, float], Coroutine[Any, Any, None]], *,
                max_requests: int | None,
-               max_in_flight: int, stop: threading.Event | None, wait_s: float) -> None:
-    """Open-loop arrivals: start `one(endpoint, step index)` at each Poisson arrival of
-    `profile` (counting in `report` and `steps`), then wait up to `wait_s` for those in flight;
-    whatever is still running then is cancelled."""
+               max_in_flight: int, stop: threading.Event | None, wait_s: float,
+               arrivals: Sequence[float] | None = None) -> None:
+    """Open-loop arrivals: start `one(endpoint, step index, send offset)` at each Poisson
+    arrival of `profile` (or at each of `arrivals`, offsets in seconds, e.g. a trace's own
+    request times; `profile` then only names the steps they count in), counting in `report`
+    and `steps`; then wait up to `wait_s` for those in flight; whatever is still running then
+    is cancelled."""
     loop = asyncio.get_running_loop()
     start = loop.time()
+    report.started_at = time.time()
     in_flight: set[asyncio.Task[None]] = set()
     try:
-        for offset, index in arrival_times(profile, rng, max_requests):
+        times = (arrival_times(profile, rng, max_requests) if arrivals is None
+                 else _in_steps(arrivals, profile, max_requests))
+        for offset, index in times:
             if stop is not None and stop.is_set():
                 break
             delay = start + offset - loop.time()
@@ -201,7 +235,7 @@ async def pace(profile: Sequence[Step], rng: random.Random, endpoints: Endpoints
             report.sent += 1
             steps[index]["sent"] += 1
             report.per_endpoint[endpoint.get("pod", endpoint["grpc"])] += 1
-            task = asyncio.create_task(one(endpoint, index))
+            task = asyncio.create_task(one(endpoint, index, offset))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:
@@ -247,8 +281,9 @@ def step_percentiles(steps: list[dict[str, Any]], key: str, report: Report) -> N
 async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | None = None,
                 max_requests: int | None = None, max_in_flight: int = 256,
                 timeout_s: float = 10.0, stop: threading.Event | None = None,
-                model: str | None = None) -> Report:
-    """Run `profile` against `endpoints` (entries with `grpc` and `model`) and report."""
+                model: str | None = None, arrivals: Sequence[float] | None = None) -> Report:
+    """Run `profile` against `endpoints` (entries with `grpc` and `model`) and report (with
+    `arrivals`, at those send offsets: see `pace`)."""
     rng = random.Random(seed)
     report = Report()
     steps: list[dict[str, Any]] = [
@@ -259,7 +294,7 @@ async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | No
     loop = asyncio.get_running_loop()
     start = loop.time()
 
-    async def one(endpoint: dict[str, str], index: int) -> None:
+    async def one(endpoint: dict[str, str], index: int, sent_at: float) -> None:
         client = clients.get(endpoint)
         inp = clients.module.InferInput("INPUT", list(INPUT_SHAPE), "FP32")
         inp.set_data_from_numpy(data)
@@ -268,22 +303,36 @@ async def drive(endpoints: Endpoints, profile: Sequence[Step], *, seed: int | No
             await client.infer(model or endpoint["model"], [inp], client_timeout=timeout_s)
         except Exception as err:
             report.failures[classify(err)] += 1
+            report.timeline.append((sent_at, math.nan))
             steps[index]["failed"] += 1
             return
         latency = time.perf_counter() - t0
         report.succeeded += 1
         report.latencies.append(latency)
+        report.timeline.append((sent_at, latency))
         steps[index]["succeeded"] += 1
         steps[index]["latencies"].append(latency)
 
     try:
         await pace(profile, rng, endpoints, report, steps, one, max_requests=max_requests,
-                   max_in_flight=max_in_flight, stop=stop, wait_s=timeout_s + 5)
+                   max_in_flight=max_in_flight, stop=stop, wait_s=timeout_s + 5,
+                   arrivals=arrivals)
     finally:
         await clients.close()
     report.elapsed_s = loop.time() - start
     step_percentiles(steps, "latencies", report)
     return report
+
+
+def _in_steps(arrivals: Sequence[float], profile: Sequence[Step],
+              max_requests: int | None) -> Iterator[tuple[float, int]]:
+    """Given send times with the index of the profile step each falls in (the last step takes
+    whatever lies beyond the profile)."""
+    ends = list(itertools.accumulate(step.duration_s for step in profile))
+    for count, t in enumerate(arrivals):
+        if max_requests is not None and count >= max_requests:
+            return
+        yield float(t), min(bisect.bisect_right(ends, t), len(ends) - 1)
 
 
 def default_run_dir() -> Path:

@@ -92,7 +92,7 @@ async def drive_stream(endpoints: Endpoints, profile: Sequence[Step], *,
     loop = asyncio.get_running_loop()
     start = loop.time()
 
-    async def one(endpoint: dict[str, str], index: int) -> None:
+    async def one(endpoint: dict[str, str], index: int, sent_at: float) -> None:
         client = clients.get(endpoint)
         prompt, wanted = shapes[rng.randrange(len(shapes))]
         inputs = []

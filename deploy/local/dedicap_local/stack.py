@@ -133,7 +133,24 @@ def _client_flags(kubeconfig: str) -> list[str]:
             f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1"]
 
 
-def _argv(stack: Stack, name: str, pki: certs.Pki) -> list[str]:
+def kwok_stages(stack: Stack, with_dataplane: bool) -> Path:
+    """kwok's Stages. With the data plane, a ModelDeployment's replica becomes Ready when its
+    tritonserver serves (the data plane sets it, as a readiness probe would); without one
+    (a control-plane-only stack, e.g. the fleet benchmark) nothing would ever serve, so kwok
+    makes it Ready at once, as it does every other pod."""
+    stages = LOCAL_DIR / "kwok" / "stages.yaml"
+    if with_dataplane:
+        return stages
+    text = stages.read_text()
+    gate = '{{ $ready = "False" }}'
+    if gate not in text:
+        raise RuntimeError(f"{stages}: the model pods' readiness gate is not where it was")
+    out = stack.run_dir / "kwok-stages-ready.yaml"
+    out.write_text(text.replace(gate, ""))
+    return out
+
+
+def _argv(stack: Stack, name: str, pki: certs.Pki, with_dataplane: bool = True) -> list[str]:
     kubeconfig = str(stack.kubeconfig)
     if name == "etcd":
         data = stack.run_dir / "etcd"
@@ -190,7 +207,7 @@ def _argv(stack: Stack, name: str, pki: certs.Pki) -> list[str]:
     if name == "kwok":
         return [
             stack.binary("kwok"), f"--kubeconfig={kubeconfig}",
-            f"--config={LOCAL_DIR / 'kwok' / 'stages.yaml'}",
+            f"--config={kwok_stages(stack, with_dataplane)}",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{KWOK_PORT}",
@@ -252,7 +269,7 @@ def up(stack: Stack | None = None, *, with_dataplane: bool = True) -> Stack:
             procs.stop(stack.run_dir, name)
     for name in COMPONENTS:
         already = procs.running_pid(stack.run_dir, name) is not None
-        procs.start(stack.run_dir, name, _argv(stack, name, pki))
+        procs.start(stack.run_dir, name, _argv(stack, name, pki, with_dataplane))
         procs.wait_for(lambda n=name: _ready_check(stack, n, pki),  # type: ignore[misc]
                        f"{name}", timeout=120, log=stack.run_dir / "logs" / f"{name}.log")
         log(f"{name}: {'already running' if already else 'started'}")

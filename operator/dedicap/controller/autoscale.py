@@ -78,7 +78,7 @@ STATE_REFRESH_S = 600.0
 # State fields that move at every evaluation by construction (clocks, recent samples): a change
 # there alone is no reason to write.
 _VOLATILE = ("history", "recommendations", "recent", "last_eval", "verdict_t", "last_queue",
-             "last_queue_t")
+             "last_queue_t", "fast")
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,10 @@ def observation_window(snap: MetricsSnapshot, *, ready: int, starting: int,
         ready_replicas=ready,
         starting_replicas=starting,
         current_replicas=current,
+        request_rate_short=snap.request_rate_short,
+        success_rate_short=snap.success_rate_short,
+        mean_queue_ms_short=snap.mean_queue_ms_short,
+        queue_growth=snap.queue_growth,
         tokens=st_tokens.signals(tokens),
     )
 
@@ -324,7 +328,8 @@ class Autoscaler(BackgroundLoop):
                 continue
             got = observe_many(self.client, group, d.window_s, now, percentile=percentile,
                                scrape_interval_s=d.scrape_interval_s,
-                               stale_after_intervals=d.stale_after_intervals)
+                               stale_after_intervals=d.stale_after_intervals,
+                               short_window_s=d.short_window())
             problems = {s.problem for s in got.values()}
             for problem in problems & {PROBLEM_UNAVAILABLE, PROBLEM_QUERY}:
                 self.metrics.record_query_error(problem)
@@ -580,6 +585,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "them are stale")
     g.add_argument("--metrics-window", type=float, default=60.0, metavar="SECONDS",
                    help="rate window of the PromQL queries (at least four scrape intervals)")
+    g.add_argument("--short-window", type=float, default=None, metavar="SECONDS",
+                   help="rate window of the fast path, which sees a step or a burst before the "
+                   "main window does (default: 2.5 scrape intervals; at least two)")
     g.add_argument("--replica-startup", type=float, default=60.0, metavar="SECONDS",
                    help="how long a new replica takes to serve (the policy forecasts this far)")
     g.add_argument("--burst-memory", type=float, default=AutoscalerDefaults.burst_memory_s,
@@ -603,10 +611,16 @@ def defaults_from_args(args: argparse.Namespace) -> AutoscalerDefaults:
     if not 0 < args.slo_latency_objective < 1:
         raise SystemExit("--slo-latency-objective must lie strictly between 0 and 1 (e.g. 0.99), "
                          f"got {args.slo_latency_objective}")
+    if args.short_window is not None and args.short_window < 2 * args.scrape_interval:
+        # a rate needs two samples in its window
+        raise SystemExit(f"--short-window {args.short_window:g}: must be at least two scrape "
+                         f"intervals (--scrape-interval {args.scrape_interval:g}), e.g. "
+                         f"{2.5 * args.scrape_interval:g}")
     return AutoscalerDefaults(
         evaluation_interval_s=args.evaluation_interval, startup_delay_s=args.replica_startup,
         scrape_interval_s=args.scrape_interval, window_s=args.metrics_window,
-        burst_memory_s=args.burst_memory, latency_objective=args.slo_latency_objective)
+        short_window_s=args.short_window, burst_memory_s=args.burst_memory,
+        latency_objective=args.slo_latency_objective)
 
 
 def metrics_from_args(args: argparse.Namespace) -> OperatorMetrics:

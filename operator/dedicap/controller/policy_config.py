@@ -32,6 +32,8 @@ class AutoscalerDefaults:
     scrape_interval_s: float = 15.0  # Prometheus' scrape interval for Triton
     stale_after_intervals: float = 3.0
     window_s: float = 60.0  # the PromQL rate window
+    # the fast path's rate window; None: 2.5 scrape intervals (two or three samples)
+    short_window_s: float | None = None
     # How long capacity for a burst's peak is kept after a jump faster than replicas start
     # (the policy's burst memory; the API has no field for it).
     burst_memory_s: float = PolicyConfig.burst_memory_s
@@ -41,6 +43,11 @@ class AutoscalerDefaults:
 
     def staleness_s(self) -> float:
         return self.scrape_interval_s * self.stale_after_intervals
+
+    def short_window(self) -> float:
+        if self.short_window_s is not None:
+            return self.short_window_s
+        return 2.5 * self.scrape_interval_s
 
 
 def evaluation_interval(spec: AutoscalingSpec, defaults: AutoscalerDefaults) -> float:

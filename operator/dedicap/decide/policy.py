@@ -117,6 +117,14 @@ class PolicyConfig:
     # delay, which only the outcome measures.
     miss_budget: float = 0.005
     budget_step: float = 0.01
+    # Burst-aware headroom: enough replicas that this quantile of the fast path's arrival
+    # rates over the last `burst_memory_s` runs at the saturated throughput at the SLO (the
+    # mean forecast runs at the knee, `utilization`). Where bursts take more than the rest of
+    # the time, their level is held rather than chased; rarer ones are chased. 0 disables it.
+    burst_quantile: float = 0.95
+    # Panic when the fast path's arrivals exceed this multiple of what the ready replicas
+    # serve at the SLO (or queues deeper than a batch per replica grow); 0 disables it.
+    panic_threshold: float = 1.5
     # A streaming LLM's token-level objectives: then the policy runs in tokens
     # (policy_tokens.py); None for request-level models.
     tokens: TokenSLO | None = None
@@ -129,9 +137,15 @@ class ObservationWindow:
     timestamp: float | None  # time of the newest sample; None when nothing was read
     window_s: float = 60.0
     request_rate: float = math.nan  # offered: successes + failures
-    # the same over a short window (two scrapes, e.g. rate(...[30s])): sees a burst sooner;
-    # NaN when not queried
+    # The fast path: the same over a short window (a few scrapes, e.g. rate(...[37s]) with a
+    # 15-s scrape), which sees a step or a burst a window sooner; NaN when not queried.
     request_rate_short: float = math.nan
+    success_rate_short: float = math.nan
+    mean_queue_ms_short: float = math.nan
+    # how fast the queues grow over the short window (deriv of the pending-request gauge),
+    # requests/s: Triton counts a request when it completes, so while queues build, arrivals
+    # are the completions plus this
+    queue_growth: float = math.nan
     success_rate: float = math.nan
     rejected_rate: float = 0.0  # failures with reason REJECTED (queue timeout / full)
     backend_failure_rate: float = 0.0  # failures with reason BACKEND (model errors)
@@ -169,6 +183,8 @@ class PolicyState:
     verdict_t: float | None = None  # when a window was last judged for the error budget
     last_queue: float | None = None  # queued requests at the last evaluation with fresh data
     last_queue_t: float | None = None
+    # (time, fast-path arrival rate) over `burst_memory_s`: the burst-aware headroom's sample
+    fast: tuple[tuple[float, float], ...] = ()
     tokens: TokenFit | None = None  # a streaming LLM's learned token capacity
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +192,7 @@ class PolicyState:
         d["recommendations"] = [list(x) for x in self.recommendations]
         d["history"] = [list(x) for x in self.history]
         d["recent"] = [list(x) for x in self.recent]
+        d["fast"] = [list(x) for x in self.fast]
         return d
 
     @staticmethod
@@ -208,6 +225,7 @@ class PolicyState:
             verdict_t=d.get("verdict_t"),
             last_queue=d.get("last_queue"),
             last_queue_t=d.get("last_queue_t"),
+            fast=tuple((float(t), float(r)) for t, r in d.get("fast", [])),
             tokens=TokenFit.from_dict(d["tokens"]) if d.get("tokens") else None,
         )
 
@@ -248,7 +266,8 @@ def _check_state(d: Any) -> None:
             _number(part["t"], f"{name}.t")
     if d.get("tokens") is not None:
         policy_tokens.check_token_fit(d["tokens"], _number)
-    for name, integer in (("recent", False), ("recommendations", True), ("history", True)):
+    for name, integer in (("recent", False), ("recommendations", True), ("history", True),
+                          ("fast", False)):
         points = d.get(name, [])
         if not isinstance(points, list) or len(points) > _MAX_POINTS:
             raise ValueError(f"{name}: not a list of at most {_MAX_POINTS} points")
@@ -314,6 +333,26 @@ def capacity_per_replica(
         if sat >= full - 1e-9:
             sat = max(sat, state.saturated_rps)
     return max(sat * config.utilization * state.gain * state.budget, 1e-6)
+
+
+def fast_arrivals(window: ObservationWindow) -> float:
+    """Requests/s arriving over the short window: the completions (Triton counts a request
+    when it completes) plus the queues' growth (minus their shrinking: a draining backlog is
+    completed, not offered, again); NaN when the short window was not read."""
+    short = window.request_rate_short
+    if not _finite(short):
+        return math.nan
+    growth = window.queue_growth if _finite(window.queue_growth) else 0.0
+    return max(short + growth, 0.0)
+
+
+def burst_level(config: PolicyConfig, fast: tuple[tuple[float, float], ...]) -> float | None:
+    """The `burst_quantile` of the fast arrival rates kept (None: off, or nothing kept)."""
+    if config.burst_quantile <= 0.0 or not fast:
+        return None
+    rates = sorted(r for _, r in fast)
+    k = min(math.ceil(config.burst_quantile * len(rates)) - 1, len(rates) - 1)
+    return rates[max(k, 0)]
 
 
 def _saturation_valid(config: PolicyConfig, state: PolicyState, now: float | None) -> bool:
@@ -456,23 +495,36 @@ def decide(
     cap = capacity_per_replica(config, state, now)
 
     # 3. Demand: now, forecast one start-up ahead, backlog, burst memory.
-    holt = holt_update(state.holt, offered, now, config.forecast_level_tau_s,
-                       config.forecast_trend_tau_s)
+    fast = fast_arrivals(window)
+    # the fast path's rate counts only when it says a burst is under way: on smooth traffic
+    # its extra noise would only buy replicas
+    burst_now = _finite(fast) and fast > BURST_RISE * offered
+    if burst_now:
+        # a jump is a new level, not a slope: the rate window still averages the old level,
+        # and a trend learned from its catching up forecasts a rise that is not coming (it
+        # took a second scale-up, a minute after a step had been met)
+        holt = HoltState(level=fast, trend=0.0, t=now)
+    else:
+        # while the rate window catches up with a level the fast path already sees, it
+        # ramps: the forecast follows the higher of the two, so the ramp is no trend
+        followed = max(offered, fast) if _finite(fast) else offered
+        holt = holt_update(state.holt, followed, now, config.forecast_level_tau_s,
+                           config.forecast_trend_tau_s)
     horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
     forecast = holt_forecast(holt, horizon)
-    short = window.request_rate_short
-    # the short-window rate counts only when it says a burst is under way: on smooth traffic
-    # its extra noise would only buy replicas
-    burst_now = _finite(short) and short > BURST_RISE * offered
-    rate_now = short if burst_now else offered
+    rate_now = fast if burst_now else offered
     demand = max(rate_now, forecast)
     if breach and queue_now > ready * batch_cap:
-        # drain what waits in the queues within one evaluation interval
-        demand += queue_now / max(config.evaluation_interval_s, 1.0)
+        # drain what waits in the queues over one start-up delay (replicas asked for now
+        # serve only after it; within one 5-s evaluation, as before, asked for twice the
+        # replicas a step needed on the local stack)
+        demand += queue_now / max(config.startup_delay_s, config.evaluation_interval_s, 1.0)
     # Burst memory: a rise of more than half within one start-up delay (and worth at least a
     # replica) cannot be followed by starting replicas. After one, keep capacity for the
     # (slowly decaying) peak for burst_memory_s: bursts come in clusters, and the next one
-    # would otherwise find the fleet scaled down again.
+    # would otherwise find the fleet scaled down again. The peak is the sustained level (the
+    # rate window's), not a spike of the fast path's: held for half an hour, 1.25x a spike of
+    # a few seconds cost more than any other rule on production-like bursty traffic.
     recent = (*((t, r) for t, r in state.recent if now - t <= span), (now, offered))
     low = min(r for _, r in recent)
     last_jump_t = state.last_jump_t
@@ -481,7 +533,7 @@ def decide(
     peak = state.peak
     if state.peak_t is not None:
         peak *= 0.5 ** (max(now - state.peak_t, 0.0) / max(config.burst_memory_s, 1.0))
-    peak = max(peak, rate_now)
+    peak = max(peak, offered)
     # a burst is a rise that falls back: a step up that stays is a new level, which the
     # forecast and the stabilization handle without holding extra capacity
     last_burst_t = state.last_burst_t
@@ -490,14 +542,27 @@ def decide(
             and (last_burst_t is None or last_burst_t < last_jump_t)):
         last_burst_t = now  # the fall that completes the latest burst: hold from here
     bursty = last_burst_t is not None and now - last_burst_t <= config.burst_memory_s
+    fast_seen = (*((t, r) for t, r in state.fast if now - t <= config.burst_memory_s),
+                 (now, round(fast if _finite(fast) else offered, 3)))
     state = replace(state, holt=holt, peak=peak, peak_t=now, recent=recent,
-                    last_jump_t=last_jump_t, last_burst_t=last_burst_t)
+                    last_jump_t=last_jump_t, last_burst_t=last_burst_t, fast=fast_seen)
     if bursty and peak * config.burst_headroom > demand:
         demand = peak * config.burst_headroom
         burst_note = (f"; holding for {config.burst_headroom:g}x a burst peak of "
                       f"{peak:.0f} req/s")
     else:
         burst_note = ""
+    level = burst_level(config, fast_seen)
+    jumped = last_jump_t is not None and now - last_jump_t <= config.burst_memory_s
+    if level is not None and jumped and max(r for _, r in recent) > 0.0:
+        # Burst-aware headroom: the q-quantile of the recent fast rates, at the saturated
+        # throughput at the SLO. The knee's margin covers what smooth traffic does, so this
+        # binds only where bursts are frequent enough to hold their level rather than chase it
+        held = level * config.utilization
+        if held > demand:
+            demand = held
+            burst_note += (f"; holding for {level:.0f} req/s (p{100 * config.burst_quantile:g} "
+                           f"of the last {config.burst_memory_s / 60:g} min)")
 
     # 4. Replicas for the demand.
     idle = demand <= 0.0 and queue_now <= 0.0 and max(r for _, r in recent) <= 0.0
@@ -523,6 +588,24 @@ def decide(
             if floor > need:
                 need = floor
                 why += f"; kept for {recent_max:.0f} req/s seen within one start-up delay"
+    # Panic (in the spirit of Knative's): the fast path sees arrivals beyond what the ready
+    # replicas serve at the SLO, or a backlog that takes longer than half the latency target
+    # to work off (Little's law: the queue over the rate it is served at) and grows. Then the
+    # count follows the fast arrival rate at once, plus one replica to drain the backlog,
+    # without waiting for the rate window or the summaries to catch up. (Scale-down waits at
+    # least the stabilization window after it, as after any rise.)
+    if cap is not None and cap > 0 and ready > 0 and _finite(fast) and config.panic_threshold > 0:
+        saturated = cap / max(config.utilization, 1e-6)
+        served_fast = window.request_rate_short
+        wait_s = queue_now / served_fast if served_fast > 0 else math.inf if queue_now else 0.0
+        deep = queue_now > 0 and wait_s > 0.5 * target_ms / 1000.0
+        growing = _finite(window.queue_growth) and window.queue_growth > 0.0
+        if fast > config.panic_threshold * ready * saturated or (deep and growing):
+            panic = math.ceil(fast / cap - 1e-9) + (1 if deep else 0)
+            if panic > need:
+                need = panic
+                why += (f"; panic: {fast:.0f} req/s arriving (served "
+                        f"{window.request_rate_short:.0f}, queues {queue_now:.0f})")
     # the summary quantile looks back a whole window: a breach counts only while the queues
     # are still deep (or requests are being rejected), not after the backlog has drained, nor
     # while it drains: a backlog that shrank since the last evaluation is being served, and

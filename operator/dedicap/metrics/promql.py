@@ -75,6 +75,11 @@ class Signal(StrEnum):
     PODS_DOWN = "pods_down"
     NEWEST_SAMPLE = "newest_sample"
     GPU_UTILIZATION = "gpu_utilization"
+    # Over the short window (a few scrapes): what the fast path reads.
+    REQUEST_RATE_SHORT = "request_rate_short"
+    SUCCESS_RATE_SHORT = "success_rate_short"
+    MEAN_QUEUE_MS_SHORT = "mean_queue_ms_short"
+    QUEUE_GROWTH = "queue_growth"
 
 
 def escape(value: str) -> str:
@@ -237,6 +242,16 @@ def queue_depth(target: Scope) -> str:
     return f"sum by ({BY_MD}) ({target.selector(PENDING)})"
 
 
+def queue_growth(target: Scope, window_s: float) -> str:
+    """How fast the queues grow, requests per second (``deriv`` of the pending-request gauge:
+    its least-squares slope over the window's samples, summed over pods).
+
+    Triton counts a request when it completes, so while a queue builds the request rate is the
+    rate served, not the rate offered: arrivals = completions + the queue's growth (the
+    conservation of requests that Little's law rests on)."""
+    return f"sum by ({BY_MD}) (deriv({target.selector(PENDING)}[{duration(window_s)}]))"
+
+
 def pod_quantile_ms(target: Scope, percentile: float) -> str:
     """Each pod's request latency at `percentile`, in ms; idle pods (NaN) are left out.
 
@@ -278,9 +293,11 @@ def gpu_utilization(target: Scope) -> str:
     return f"avg by ({BY_MD}) ({target.selector(GPU_UTILIZATION)})"
 
 
-def signals(target: Scope, window_s: float, percentile: float) -> dict[Signal, str]:
-    """Every signal's expression for one ModelDeployment."""
-    return {
+def signals(target: Scope, window_s: float, percentile: float,
+            short_window_s: float | None = None) -> dict[Signal, str]:
+    """Every signal's expression for one ModelDeployment; with `short_window_s`, also the
+    fast path's rates over that short window (a few scrapes)."""
+    out = {
         Signal.REQUEST_RATE: request_rate(target, window_s),
         Signal.SUCCESS_RATE: success_rate(target, window_s),
         Signal.FAILURE_RATE: failure_rate_by_reason(target, window_s),
@@ -298,6 +315,14 @@ def signals(target: Scope, window_s: float, percentile: float) -> dict[Signal, s
         Signal.NEWEST_SAMPLE: newest_sample(target),
         Signal.GPU_UTILIZATION: gpu_utilization(target),
     }
+    if short_window_s is not None:
+        out.update({
+            Signal.REQUEST_RATE_SHORT: request_rate(target, short_window_s),
+            Signal.SUCCESS_RATE_SHORT: success_rate(target, short_window_s),
+            Signal.MEAN_QUEUE_MS_SHORT: mean_queue_ms(target, short_window_s),
+            Signal.QUEUE_GROWTH: queue_growth(target, short_window_s),
+        })
+    return out
 
 
 def tagged(expr: str, signal: Signal | str) -> str:
@@ -305,12 +330,13 @@ def tagged(expr: str, signal: Signal | str) -> str:
     return f'label_replace({expr}, "{LABEL_SIGNAL}", "{escape(str(signal))}", "", "")'
 
 
-def combined(target: Scope, window_s: float, percentile: float) -> str:
+def combined(target: Scope, window_s: float, percentile: float,
+             short_window_s: float | None = None) -> str:
     """All signals in one expression, so a snapshot costs one HTTP query.
 
     Each signal is tagged with its own ``signal`` label, so ``or`` keeps every series of every
     signal (``or`` only drops right-hand series whose label set already occurs on the left).
     A signal with no data (no traffic, no GPU, no target down) is simply absent.
     """
-    return " or ".join(tagged(expr, signal)
-                       for signal, expr in signals(target, window_s, percentile).items())
+    return " or ".join(tagged(expr, signal) for signal, expr in
+                       signals(target, window_s, percentile, short_window_s).items())

@@ -66,6 +66,13 @@ class MetricsSnapshot:
     pods_reporting: int = 0
     pods_down: int = 0  # targets whose last scrape failed
     gpu_utilization: float = math.nan
+    # The fast path's signals over `short_window_s` (NaN when not asked for): the offered and
+    # served rates, the mean queue time and how fast the queues grow (requests/s).
+    short_window_s: float | None = None
+    request_rate_short: float = math.nan
+    success_rate_short: float = math.nan
+    mean_queue_ms_short: float = math.nan
+    queue_growth: float = math.nan
 
     @property
     def rejected_rate(self) -> float:
@@ -92,18 +99,18 @@ class MetricsSnapshot:
 def observe(client: QueryClient, namespace: str, modeldeployment: str, window_s: float,
             now: float, *, percentile: float = 95.0, scrape_interval_s: float = 15.0,
             stale_after_intervals: float = 3.0, pool: str | None = None,
-            model: str | None = None) -> MetricsSnapshot:
+            model: str | None = None, short_window_s: float | None = None) -> MetricsSnapshot:
     """Read one ModelDeployment's signals over ``[now - window_s, now]``.
 
     `window_s` should span at least four scrape intervals (a rate needs two samples). Data is
     stale when the newest Triton sample is older than ``stale_after_intervals`` scrape
-    intervals.
+    intervals. `short_window_s` (at least two scrape intervals) adds the fast path's signals.
     """
     target = promql.Target(namespace=namespace, modeldeployment=modeldeployment, pool=pool,
                            model=model)
-    expr = promql.combined(target, window_s, percentile)
+    expr = promql.combined(target, window_s, percentile, short_window_s)
     base = MetricsSnapshot(available=False, queried_at=now, window_s=window_s,
-                           percentile=percentile)
+                           percentile=percentile, short_window_s=short_window_s)
     try:
         samples = client.query(expr, at=now)
     except PrometheusUnavailable as err:
@@ -116,16 +123,18 @@ def observe(client: QueryClient, namespace: str, modeldeployment: str, window_s:
 
 def observe_many(client: QueryClient, keys: Iterable[tuple[str, str]], window_s: float,
                  now: float, *, percentile: float = 95.0, scrape_interval_s: float = 15.0,
-                 stale_after_intervals: float = 3.0) -> dict[tuple[str, str], MetricsSnapshot]:
+                 stale_after_intervals: float = 3.0, short_window_s: float | None = None
+                 ) -> dict[tuple[str, str], MetricsSnapshot]:
     """`observe` for several ModelDeployments (`(namespace, name)` pairs) in one query: each
     gets the snapshot `observe` would give it. An outage or a refused query makes every
     snapshot unavailable with the same problem."""
     wanted = sorted(set(keys))
     base = MetricsSnapshot(available=False, queried_at=now, window_s=window_s,
-                           percentile=percentile)
+                           percentile=percentile, short_window_s=short_window_s)
     if not wanted:
         return {}
-    expr = promql.combined(promql.Selection(tuple(wanted)), window_s, percentile)
+    expr = promql.combined(promql.Selection(tuple(wanted)), window_s, percentile,
+                           short_window_s)
     try:
         samples = client.query(expr, at=now)
     except PrometheusUnavailable as err:
@@ -199,6 +208,11 @@ def from_samples(samples: Iterable[Sample], base: MetricsSnapshot,
         # count() of nothing is an empty result: no target down.
         pods_down=int(_finite_or_zero(get(Signal.PODS_DOWN))),
         gpu_utilization=get(Signal.GPU_UTILIZATION),
+        short_window_s=base.short_window_s,
+        request_rate_short=get(Signal.REQUEST_RATE_SHORT),
+        success_rate_short=get(Signal.SUCCESS_RATE_SHORT),
+        mean_queue_ms_short=get(Signal.MEAN_QUEUE_MS_SHORT),
+        queue_growth=get(Signal.QUEUE_GROWTH),
     )
     problem, reason = _judge(snap, max_age_s)
     if problem:

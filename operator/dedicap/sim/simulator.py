@@ -10,9 +10,24 @@ Time advances in ticks (1 s by default). Each tick:
 3. the tick's arrivals are served by the data plane (exact or fluid, see ``dataplane.py``);
 4. every ``scrape_interval_s`` the counters, gauges and the latency summary are "scraped".
 
-A scaler sees Triton's signals the way the operator would: as of the last scrape, with rates
-over ``window_s`` (``rate(x[1m])``; the request rate also over two scrapes), the summary
-quantile over the same window, and ready / starting replicas from the Kubernetes API (live).
+A scaler sees Triton's signals through the pipeline the operator reads them through:
+
+- Prometheus keeps one sample per scrape; an evaluation at ``t`` reads the newest one.
+- ``rate(x[W])`` at ``t`` takes the samples in ``[t - W, t]`` and divides the counter's
+  increase between the first and the last of them by the time between them (Prometheus then
+  extrapolates the increase to the window and divides by ``W``, which comes to the same): with
+  a 15-s scrape, ``rate(x[60s])`` averages the 45 s before the last scrape. The same for the
+  short window of the fast path (2.5 scrapes: two or three samples), and ``deriv`` of the
+  pending-request gauge is the least-squares slope of its samples in the short window.
+- Triton's summary quantiles come from prometheus-cpp's time-window quantiles: five buckets
+  rotated every ``summary_max_age_s / summary_age_buckets`` (12 s), read from the one reset
+  longest ago, so a scrape at ``s`` sees the requests of ``[12*floor(s/12) - 48, s]``: 48 to
+  60 s, and up to a scrape interval older by the time it is read. Idle: NaN. (Pooled over the
+  replicas; the operator reads the max over pods, which is higher when pods differ, e.g. just
+  after a scale-up, when the old pods still carry the overload and the new ones do not.)
+- Ready and starting replicas come from the Kubernetes API (live); the evaluation interval
+  and its phase are the scaler's.
+
 Knative's KPA reads its own per-second concurrency instead (it scrapes queue-proxies, not
 Prometheus): ``MetricsView.concurrency``.
 
@@ -27,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,7 +65,13 @@ class SimConfig:
     startup_delay_s: float = 60.0
     tick_s: float = 1.0
     scrape_interval_s: float = 15.0
-    window_s: float = 60.0
+    window_s: float = 60.0  # the rate window of the operator's queries
+    # the fast path's window; None: 2.5 scrape intervals (two or three samples), the operator's
+    # default
+    short_window_s: float | None = None
+    # Triton's summaries (prometheus-cpp's defaults: a 60-s window in five rotating buckets)
+    summary_max_age_s: float = 60.0
+    summary_age_buckets: int = 5
     engine: str = "exact"  # "exact" | "fluid"
     initial_replicas: int = 1
     max_replicas: int = 10_000  # what the reservation allows
@@ -60,6 +81,8 @@ class SimConfig:
     seed: int = 0
     scrape_gaps: tuple[tuple[float, float], ...] = ()  # Prometheus outages [from, to)
     progress: bool = False
+    # keep a latency histogram per tick (by completion), for windows finer than a minute
+    tick_histograms: bool = False
 
 
 class Scaler(Protocol):
@@ -146,43 +169,78 @@ class MetricsView:
         lo = max(hi - round(length / tick), 0)
         return lo, hi
 
+    def samples(self, now: float, length: float) -> list[float]:
+        """The scrape times Prometheus holds in ``[now - length, now]`` (outages left out)."""
+        interval = self.sim.cfg.scrape_interval_s
+        k0 = max(math.ceil((now - length) / interval - 1e-9), 1)
+        k1 = math.floor(now / interval + 1e-9)
+        return [k * interval for k in range(k0, k1 + 1)
+                if not any(a <= k * interval < b for a, b in self.sim.cfg.scrape_gaps)]
+
+    def _ticks(self, t: float) -> int:
+        return round(t / self.sim.cfg.tick_s)
+
+    def _increase(self, names: tuple[str, ...], a: float, b: float) -> float:
+        """A counter's increase between the samples at ``a`` and ``b`` (summed ``names``)."""
+        lo, hi = self._ticks(a), self._ticks(b)
+        return float(sum(self.sim.series[n][lo:hi].sum() for n in names))
+
     def prometheus(self, now: float) -> ObservationWindow:
         s = self.sim
+        cfg = s.cfg
         ts = self.last_scrape(now)
         ready, starting = len(s.ready), len(s.starting)
         if ts is None:
             return ObservationWindow(timestamp=None, ready_replicas=ready,
                                      starting_replicas=starting, current_replicas=ready + starting)
-        lo, hi = self._window(ts, s.cfg.window_s)
-        span = max((hi - lo) * s.cfg.tick_s, 1e-9)
-        a = s.series
-        def tot(name: str) -> float:
-            return float(a[name][lo:hi].sum())
-        succ, rej, back = tot("successes"), tot("rejected"), tot("backend")
-        disp, batches = tot("dispatched"), tot("batches")
-        scr_hi = round(ts / s.cfg.scrape_interval_s)
-        scr_lo = max(scr_hi - round(s.cfg.window_s / s.cfg.scrape_interval_s), 0)
-        q = lh.quantile(s.scrape_hist[scr_lo:scr_hi].sum(axis=0), s.cfg.slo_percentile / 100.0)
-        slo_, shi = self._window(ts, 2.0 * s.cfg.scrape_interval_s)
-        short_span = max((shi - slo_) * s.cfg.tick_s, 1e-9)
-        short = float((a["successes"][slo_:shi] + a["rejected"][slo_:shi]
-                       + a["backend"][slo_:shi]).sum()) / short_span
+        long = self.samples(now, cfg.window_s)
+        if len(long) < 2:  # too few samples for a rate: the operator holds
+            return ObservationWindow(timestamp=None, ready_replicas=ready,
+                                     starting_replicas=starting, current_replicas=ready + starting)
+        a, b = long[0], long[-1]
+        span = b - a
+
+        def per_s(*names: str) -> float:
+            return self._increase(names, a, b) / span
+
+        def total(*names: str) -> float:
+            return self._increase(names, a, b)
+
+        succ = total("successes")
+        disp, batches = total("dispatched"), total("batches")
+        short = self.samples(now, s.short_window_s)
+        fast: dict[str, Any] = {}
+        if len(short) >= 2:
+            sa, sb = short[0], short[-1]
+            done = self._increase(("dispatched",), sa, sb)
+            fast = {
+                "request_rate_short": self._increase(("successes", "rejected", "backend"), sa,
+                                                     sb) / (sb - sa),
+                "success_rate_short": self._increase(("successes",), sa, sb) / (sb - sa),
+                "mean_queue_ms_short": (1000.0 * self._increase(("queue_sum",), sa, sb) / done
+                                        if done > 0 else math.nan),
+                "queue_growth": _slope(short, [self.gauge("queue_depth", x) for x in short]),
+            }
         return ObservationWindow(
-            timestamp=ts, window_s=span,
-            request_rate=(succ + rej + back) / span,
-            request_rate_short=short,
-            success_rate=succ / span,
-            rejected_rate=rej / span,
-            backend_failure_rate=back / span,
-            mean_latency_ms=1000.0 * tot("latency_sum") / succ if succ > 0 else math.nan,
-            latency_quantile_ms=1000.0 * q,
-            queue_depth=float(a["queue_depth"][hi - 1]) if hi > 0 else math.nan,
-            mean_queue_ms=1000.0 * tot("queue_sum") / disp if disp > 0 else math.nan,
-            mean_compute_ms=1000.0 * tot("compute_sum") / disp if disp > 0 else math.nan,
+            timestamp=ts, window_s=cfg.window_s,
+            request_rate=per_s("successes", "rejected", "backend"),
+            success_rate=per_s("successes"),
+            rejected_rate=per_s("rejected"),
+            backend_failure_rate=per_s("backend"),
+            mean_latency_ms=1000.0 * total("latency_sum") / succ if succ > 0 else math.nan,
+            latency_quantile_ms=1000.0 * s.summary_at(ts),
+            queue_depth=self.gauge("queue_depth", ts),
+            mean_queue_ms=1000.0 * total("queue_sum") / disp if disp > 0 else math.nan,
+            mean_compute_ms=1000.0 * total("compute_sum") / disp if disp > 0 else math.nan,
             mean_batch_size=disp / batches if batches > 0 else math.nan,
             ready_replicas=ready, starting_replicas=starting,
-            current_replicas=ready + starting,
+            current_replicas=ready + starting, **fast,
         )
+
+    def gauge(self, name: str, t: float) -> float:
+        """A gauge as scraped at ``t`` (its value at the end of the tick before)."""
+        k = self._ticks(t)
+        return float(self.sim.series[name][k - 1]) if k > 0 else math.nan
 
     def utilization(self, now: float) -> float:
         """Mean busy fraction of the ready replicas over the window, as of the last scrape
@@ -203,14 +261,12 @@ class MetricsView:
         return float(self.sim.series["inflight"][lo:hi].mean())
 
     def request_rate(self, now: float, seconds: float) -> float:
-        """Arrivals/s over the last ``seconds`` (as of the last scrape)."""
-        s = self.sim
-        ts = self.last_scrape(now)
-        if ts is None:
+        """``rate(...[seconds])`` of the requests Triton counted, as Prometheus answers it."""
+        got = self.samples(now, seconds)
+        if len(got) < 2:
             return math.nan
-        lo, hi = self._window(ts, seconds)
-        span = max((hi - lo) * s.cfg.tick_s, 1e-9)
-        return float((s.series["arrivals"][lo:hi] - s.series["unavailable"][lo:hi]).sum() / span)
+        return self._increase(("successes", "rejected", "backend"), got[0], got[-1]) / (
+            got[-1] - got[0])
 
     @property
     def ready(self) -> int:
@@ -225,10 +281,20 @@ class Simulation:
     def __init__(self, trace: Trace, scaler: Scaler, cfg: SimConfig) -> None:
         self.trace, self.scaler, self.cfg = trace, scaler, cfg
         self.n_ticks = math.ceil(trace.duration / cfg.tick_s)
-        self.series = {name: np.zeros(self.n_ticks) for name in (*FIELDS, "ready", "held")}
+        self.series = {name: np.zeros(self.n_ticks)
+                       for name in (*FIELDS, "ready", "asked", "held")}
+        # Triton's summary: one histogram per rotation bucket (a ring of age_buckets + 1), and
+        # the quantile each scrape read from it
+        self.bucket_s = cfg.summary_max_age_s / max(cfg.summary_age_buckets, 1)
+        self.summary_ring = np.zeros((cfg.summary_age_buckets + 1, lh.N_BINS), dtype=np.float32)
+        self.ring_bucket = 0
         n_scrapes = math.ceil(trace.duration / cfg.scrape_interval_s) + 1
-        self.scrape_hist = np.zeros((n_scrapes, lh.N_BINS), dtype=np.float32)
+        self.scraped_q = np.full(n_scrapes + 1, np.nan)
+        self.short_window_s = (cfg.short_window_s if cfg.short_window_s is not None
+                               else 2.5 * cfg.scrape_interval_s)
         self.n_minutes = math.ceil(trace.duration / 60.0)
+        self.tick_hist = (np.zeros((self.n_ticks, lh.N_BINS), dtype=np.float32)
+                          if cfg.tick_histograms else None)
         self.minute_hist = np.zeros((self.n_minutes, lh.N_BINS), dtype=np.float32)
         self.rng = np.random.default_rng(cfg.seed)
         self.counts = trace.tick_counts(cfg.tick_s, np.random.default_rng(cfg.seed + 1000))
@@ -307,8 +373,15 @@ class Simulation:
                     else:
                         still.append((rid, ready_at))
                 self.starting = still
+            bucket = int(t0 // self.bucket_s + 1e-9)
+            if bucket != self.ring_bucket:
+                for b in range(self.ring_bucket + 1, bucket + 1):
+                    self.summary_ring[b % len(self.summary_ring)] = 0.0
+                self.ring_bucket = bucket
             hists = [self.minute_hist[min(int(t0 // 60), self.n_minutes - 1)],
-                     self.scrape_hist[k // per_scrape]]
+                     self.summary_ring[bucket % len(self.summary_ring)]]
+            if self.tick_hist is not None:
+                hists.append(self.tick_hist[k])
             if isinstance(self.plane, ExactDataPlane):
                 times, work = self.trace.tick_arrivals(t0, t1, int(self.counts[k]), self.rng)
                 st: TickStats = self.plane.step(t0, t1, times, work, self.ready, self.draining,
@@ -321,12 +394,31 @@ class Simulation:
             for name in FIELDS:
                 series[name][k] = getattr(st, name)
             series["ready"][k] = len(self.ready)
+            series["asked"][k] = len(self.ready) + len(self.starting)
             series["held"][k] = len(self.ready) + len(self.starting) + len(self.draining)
+            if (k + 1) % per_scrape == 0:
+                self.scraped_q[(k + 1) // per_scrape] = self._summary_quantile(t1)
             if bar is not None and k % 60 == 59:
                 bar.update(60)
         if bar is not None:
             bar.close()
         return self._result(time.perf_counter() - t_wall)
+
+    def _summary_quantile(self, t: float) -> float:
+        """Triton's summary quantile (s) at ``t``: the requests since the bucket read was last
+        reset, ``[bucket_s * floor(t / bucket_s) - max_age + bucket_s, t]``."""
+        now_bucket = int(t // self.bucket_s + 1e-9)
+        last = int((t - 1e-9) // self.bucket_s)
+        first = max(now_bucket - (self.cfg.summary_age_buckets - 1), 0)
+        ring = self.summary_ring
+        hist = sum((ring[b % len(ring)] for b in range(first, last + 1)),
+                   np.zeros(lh.N_BINS, dtype=np.float32))
+        return lh.quantile(hist, self.cfg.slo_percentile / 100.0)
+
+    def summary_at(self, t: float) -> float:
+        """The summary quantile (s) the scrape at ``t`` read; NaN while idle."""
+        k = round(t / self.cfg.scrape_interval_s)
+        return float(self.scraped_q[k]) if 0 <= k < len(self.scraped_q) else math.nan
 
     def _result(self, wall: float) -> SimResult:
         cfg = self.cfg
@@ -366,6 +458,16 @@ class Simulation:
             throughput=float(s["dispatched"].sum()) / busy_time,
             wall_s=wall,
         )
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    """Least-squares slope of y over x (PromQL's ``deriv``); NaN with fewer than two points."""
+    n = len(x)
+    if n < 2 or not all(math.isfinite(v) for v in y):
+        return math.nan
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sxx if sxx else math.nan
 
 
 def simulate(trace: Trace, scaler: Scaler, cfg: SimConfig) -> SimResult:

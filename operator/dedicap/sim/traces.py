@@ -397,6 +397,62 @@ def bursty_trace(
     return Trace(name=name, duration=minutes * 60.0, rate_t=t, rate=r)
 
 
+def stretched_trace(
+    base: Trace, stretch: float, mean_rps: float, start_s: float = 0.0,
+    minutes: int | None = None, smooth_s: float = 0.5, name: str | None = None,
+) -> Trace:
+    """A large tenant whose traffic moves like ``base``'s second-scale arrivals, slowed down
+    ``stretch`` times: the rate at ``t`` is ``base``'s arrival count around ``start_s +
+    t/stretch`` (a centred moving average over ``smooth_s`` of ``base``'s seconds), scaled to
+    ``mean_rps`` over the part returned (``minutes`` from ``start_s`` of ``base``, stretched).
+    With ``stretch`` 60, one minute moves as one of ``base``'s seconds does: its clumps of
+    requests become bursts of tens of seconds, at random, as often as they came. Arrivals are
+    Poisson at that rate (many such tenants merged)."""
+    assert base.times is not None
+    span = base.duration * stretch - start_s * stretch
+    duration = span if minutes is None else min(span, minutes * 60.0)
+    step = min(5.0, smooth_s * stretch / 2.0)
+    knots = np.arange(0.0, duration + step, step)
+    centre = start_s + knots / stretch
+    half = smooth_s / 2.0
+    lo = np.searchsorted(base.times, centre - half)
+    hi = np.searchsorted(base.times, centre + half)
+    width = np.minimum(centre + half, base.duration) - np.maximum(centre - half, 0.0)
+    rate = (hi - lo) / np.maximum(width, 1e-9)
+    rate *= mean_rps / max(float(np.trapz(rate, knots)) / max(knots[-1], 1e-9), 1e-9)
+    return Trace(name=name or f"{base.name} stretched x{stretch:g}", duration=duration,
+                 rate_t=knots, rate=rate, mean_work=base.mean_work)
+
+
+def heavy_tailed_bursts(
+    minutes: int = 360, seed: int = 1, mean_rps: float = 2700.0, name: str | None = None,
+) -> Trace:
+    """Synthetic production-like bursts: a background that wanders slowly (a lognormal walk,
+    10 % per 10 minutes) and bursts on top whose lengths (Pareto, shape 1.5, from 15 s, at most
+    5 minutes) and gaps (Pareto, shape 1.2, from 30 s, at most 30 minutes) are heavy-tailed, as
+    are their heights (lognormal, median 1.5x the background, at most 10x), with 5-s ramps.
+    Most bursts last tens of seconds and come minutes apart; a few last minutes, or come
+    after a long quiet stretch. ``mean_rps`` sets the size."""
+    rng = np.random.default_rng(seed)
+    duration = minutes * 60.0
+    t = np.arange(0.0, duration + 1.0, 1.0)
+    walk_t = np.arange(0.0, duration + 600.0, 600.0)
+    walk = np.exp(np.cumsum(rng.normal(0.0, 0.1, size=len(walk_t))))
+    r = np.interp(t, walk_t, walk)
+    onset = float(rng.uniform(0.0, 120.0))
+    while onset < duration:
+        length = min(15.0 * (1.0 + rng.pareto(1.5)), 300.0)
+        height = min(float(rng.lognormal(np.log(1.5), 0.7)), 10.0)
+        ramp = min(5.0, length / 4.0)
+        up = np.clip((t - onset) / ramp, 0.0, 1.0)
+        down = np.clip((onset + length - t) / ramp, 0.0, 1.0)
+        r += height * float(np.interp(onset, walk_t, walk)) * np.minimum(up, down)
+        onset += length + min(30.0 * (1.0 + rng.pareto(1.2)), 1800.0)
+    r *= mean_rps / max(float(np.trapz(r, t)) / duration, 1e-9)
+    return Trace(name=name or f"heavy-tailed bursts #{seed}", duration=duration, rate_t=t,
+                 rate=r)
+
+
 def peak_to_mean(trace: Trace) -> float:
     m = trace.minute_rates()
     return float(m.max() / max(m.mean(), 1e-12))
