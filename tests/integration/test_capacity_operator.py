@@ -39,7 +39,7 @@ def operator(env: Env, tmp_path: Path) -> Iterator[Operator]:
     env.stack.kubectl("apply", "-f", str(REPO / "crds"))
     op = Operator(env.stack, tmp_path, [
         "--standalone", "--namespace", f"t5-*-{env.id}",
-        "--pool-refresh-seconds", "2", "--resync-seconds", "5"])
+        "--pool-refresh-seconds", "2", "--resync-seconds", "5", "--cost-record-seconds", "10"])
     op.start()
     try:
         wait_for(lambda: op.proc is not None and op.proc.poll() is None and _metrics_up(op),

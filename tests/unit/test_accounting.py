@@ -109,13 +109,17 @@ def test_restarted_accountant_charges_the_downtime_at_the_status_count() -> None
     assert status["accountedAt"] == "2025-03-01T12:01:00Z"
     assert status["gpuHours"] == pytest.approx(8 * 60 / 3600, abs=1e-6)
     # SIGKILL; a new process observes 20 s later with the same pods.
-    second = Accountant()
+    second = Accountant(rewrite_after=timedelta(seconds=30))
     report = second.observe("acme", "bot", {"h100": 8}, POOLS, _s(80), status, {"h100": 8})
     assert report.gpu_hours == pytest.approx(8 * 80 / 3600, abs=1e-6)
     assert report.total.at == _s(80) and report.total.since == T0
     assert report.by_pool["h100"].gpu_hours == pytest.approx(8 * 20 / 3600)
     # The status found still states that integral (8 GPUs from accountedAt on): it is kept.
     assert report.status()["accountedAt"] == "2025-03-01T12:01:00.000000Z"
+    # ... unless the status is written anyway: then the integral up to now rides along.
+    fresh = report.status(fresh=True)
+    assert fresh["accountedAt"] == "2025-03-01T12:01:20.000000Z"
+    assert fresh["gpuHours"] == pytest.approx(8 * 80 / 3600, abs=1e-6)
     # Once it is older than the rewrite interval, the integral is written out.
     later = _observe(second, {"h100": 8}, _s(95), status, {"h100": 8})
     assert later["accountedAt"] == "2025-03-01T12:01:35Z"

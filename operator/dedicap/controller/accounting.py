@@ -11,10 +11,12 @@ outlives the process, so the same rule applies across operator downtime: a resta
 written with the pair, or, when those do not add up, in the proportion of the pools used now
 (`reservations.gap_by_pool`).
 
-The pair is rewritten when the counts change, and otherwise at most every `rewrite_after`
-(`reservations.still_holds`): while the counts stay the same, the older pair states the
-integral exactly, and every status write is an event that reconciles the ModelDeployment again.
-So `gpuHours` in the status may be up to that old; `accountedAt` says up to when it counts.
+The pair is rewritten when the counts change, with any other status write, and otherwise at
+most every `rewrite_after` (an hour by default; `reservations.still_holds`): while the counts
+stay the same, the older pair states the integral exactly, and a write only to move it would be
+a write of a quiet fleet for nothing (every status write is also an event that reconciles the
+ModelDeployment again). So `gpuHours` in the status may be up to that old; `accountedAt` says
+up to when it counts, and `dedicap_modeldeployment_gpu_hours` is the figure up to now.
 
 A status without `accountedAt` (written before the field existed) is continued from its
 `gpuHours` without charging the gap, as nothing says since when it holds. An `accountedAt` in
@@ -60,16 +62,18 @@ class CostReport:
     def since(self) -> datetime:
         return self.total.since
 
-    def status(self) -> dict[str, Any]:
-        """`status.cost` in wire names. `gpuHours`, `accountedAt` and `gpus` always travel
-        together (one patch), so a reader never pairs one record's hours with another's
-        instant."""
-        out: dict[str, Any] = {"gpus": self.record.gpus,
-                               "gpuHours": round(self.record.gpu_hours, 6),
+    def status(self, fresh: bool = False) -> dict[str, Any]:
+        """`status.cost` in wire names: the record (or, `fresh`, the integral up to now, to
+        ride along with a status write that happens anyway). `gpuHours`, `accountedAt` and
+        `gpus` always travel together (one patch), so a reader never pairs one record's hours
+        with another's instant."""
+        record = self.total if fresh else self.record
+        out: dict[str, Any] = {"gpus": record.gpus,
+                               "gpuHours": round(record.gpu_hours, 6),
                                "hourlyCost": round(self.hourly_cost, 6),
-                               "since": self.record.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               "since": record.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
                                # Microseconds: the next reader resumes exactly from here.
-                               "accountedAt": _wire_time(self.record.at)}
+                               "accountedAt": _wire_time(record.at)}
         if self.currency:
             out["currency"] = self.currency
         return out
@@ -103,7 +107,7 @@ def recorded_integral(cost: Mapping[str, Any] | None) -> GPUHours | None:
 class Accountant:
     """Per ModelDeployment: the GPU-hours integral in total and per pool. Thread-safe."""
 
-    def __init__(self, rewrite_after: timedelta = timedelta(seconds=30)) -> None:
+    def __init__(self, rewrite_after: timedelta = timedelta(hours=1)) -> None:
         self.rewrite_after = rewrite_after
         self._lock = threading.Lock()
         self._total: dict[tuple[str, str], GPUHours] = {}

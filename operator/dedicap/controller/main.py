@@ -34,12 +34,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import kopf
 
 from dedicap.api.models import GROUP
 from dedicap.controller import autoscale, health
+from dedicap.controller.accounting import Accountant
 from dedicap.controller.capacity import CapacityLoop, missing_priority_classes
 from dedicap.controller.dispatch import Dispatcher
 from dedicap.controller.events import EventRecorder
@@ -81,6 +83,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--resync-seconds", type=float, default=300.0,
                    help="every ModelDeployment is reconciled at least this often, whatever the "
                    "events (a safety net: an unchanged one costs no API request)")
+    p.add_argument("--cost-record-seconds", type=float, default=3600.0,
+                   help="a ModelDeployment's status.cost (GPU-hours up to accountedAt) is "
+                   "rewritten when its GPUs change or its status is written anyway, and at "
+                   "least this often (the exported gpu_hours metric is always current)")
     p.add_argument("--monitoring-namespace", action="append", metavar="NAMESPACE",
                    default=None, help="namespaces whose pods may scrape Triton's metrics port "
                    "(repeatable; default: $DEDICAP_MONITORING_NAMESPACES or 'monitoring')")
@@ -175,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           # Triton is scraped as often as the autoscaler
                                           # assumes (its staleness check relies on it).
                                           scrape_interval=f"{args.scrape_interval:g}s"),
-                            capacity=planner, metrics=metrics)
+                            capacity=planner, metrics=metrics,
+                            accountant=Accountant(timedelta(seconds=args.cost_record_seconds)))
     capacity = CapacityLoop(kube, view, gate, events, planner=planner, metrics=metrics,
                             interval_s=min(args.capacity_seconds, args.pool_refresh_seconds))
     dispatcher = Dispatcher(view, reconciler, gate, capacity, workers=args.workers,

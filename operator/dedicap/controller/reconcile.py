@@ -160,8 +160,8 @@ class Reconciler:
                 writes += result.writes
         report = compute(md, placement, problem, deployments,
                          self.view.pods_of(namespace, name), pool_specs, waiting)
-        if self.capacity is not None:
-            self._account(md, report.fields, state)
+        fresh_cost = (self._account(md, report.fields, state) if self.capacity is not None
+                      else None)
 
         for action in actions:
             self.events.record(body, action.type, action.reason, action.message)
@@ -176,7 +176,7 @@ class Reconciler:
         # are not overwritten by "nothing wrong here".
         conds = keep_autoscaler_conditions(previous.get("conditions") or [], report.conditions,
                                            md.spec.autoscaling is not None)
-        writes += self._write_status(body, report.fields, conds, md.generation)
+        writes += self._write_status(body, report.fields, conds, md.generation, fresh_cost)
         return Outcome(writes, problem.reason if problem else "")
 
     def _invalid(self, body: Mapping[str, Any], err: ValidationError) -> Outcome:
@@ -188,9 +188,11 @@ class Reconciler:
         return Outcome(writes, invalid.reason)
 
     def _account(self, md: ModelDeployment, fields: dict[str, Any],
-                 state: ClusterState) -> None:
+                 state: ClusterState) -> dict[str, Any]:
         """Add GPU-hours to the status fields about to be written (`cost`, from the per-pool
-        `placement` computed) and export the per-pool usage."""
+        `placement` computed: the record, which may be an older pair that still holds) and
+        export the per-pool usage. Returns `cost` up to now, for a status write that happens
+        anyway."""
         gpus_by_pool = {p["pool"]: int(p.get("gpus", 0)) for p in fields.get("placement", [])}
         previous = (md.status.cost.model_dump(by_alias=True, mode="json", exclude_none=True)
                     if md.status is not None and md.status.cost is not None else None)
@@ -202,6 +204,7 @@ class Reconciler:
         report = self.accountant.observe(md.namespace, md.name, gpus_by_pool, prices,
                                          self.clock(), previous, previous_by_pool)
         fields["cost"] = {**fields.get("cost", {}), **report.status()}
+        fresh = {**fields["cost"], **report.status(fresh=True)}
         if self.metrics is not None:
             replicas = {p["pool"]: int(p.get("currentReplicas", 0))
                         for p in fields.get("placement", [])}
@@ -212,12 +215,18 @@ class Reconciler:
                 usage[pool] = PoolUsage(replicas.get(pool, 0), gpus,
                                         hours.gpu_hours if hours else 0.0, gpus * price)
             self.metrics.set_pools(md.namespace, md.name, usage)
+        return fresh
 
     def _write_status(self, body: Mapping[str, Any], fields: dict[str, Any],
-                      conds: list[c.Cond], generation: int) -> int:
+                      conds: list[c.Cond], generation: int,
+                      fresh_cost: dict[str, Any] | None = None) -> int:
         upd = status.update(body.get("status"), fields, conds, generation, self.clock())
         if not upd.patch:
             return 0
+        if fresh_cost is not None and fields.get("cost") != fresh_cost:
+            # Written anyway: the cost record rides along, up to now.
+            fields = {**fields, "cost": fresh_cost}
+            upd = status.update(body.get("status"), fields, conds, generation, self.clock())
         meta = body["metadata"]
         try:
             written = self.kube.patch_merge("ModelDeployment", meta["name"],
