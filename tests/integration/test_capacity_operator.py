@@ -224,6 +224,13 @@ def test_a_zone_drained_and_removed_moves_replicas_within_the_reservation_one_at
     wait_for(lambda: len(running_pods(env, ns, "zonal")) == 2, "2 replicas Running",
              timeout=120)
     assert {p["spec"]["nodeName"] for p in running_pods(env, ns, "zonal")} == set(zone_b)
+
+    def ready() -> list[dict[str, Any]]:
+        return [p for p in running_pods(env, ns, "zonal") if any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
+                "conditions") or [])]
+    # A replica is Ready once its model serves (its tritonserver started), after Running.
+    wait_for(lambda: len(ready()) == 2, "2 replicas Ready", timeout=120)
     env.stack.kubectl("uncordon", *zone_a)
     # What the PodDisruptionBudget (maxUnavailable 1) must hold while the zone drains.
     lowest = [2]
@@ -231,10 +238,7 @@ def test_a_zone_drained_and_removed_moves_replicas_within_the_reservation_one_at
 
     def sample() -> None:
         while not done.is_set():
-            ready = [p for p in running_pods(env, ns, "zonal") if any(
-                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
-                    "conditions") or [])]
-            lowest[0] = min(lowest[0], len(ready))
+            lowest[0] = min(lowest[0], len(ready()))
             done.wait(0.2)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
