@@ -3,8 +3,10 @@ would (kwok leaves a ModelDeployment's pods Running but not Ready)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from dedicap_local import podstatus
 from dedicap_local.dataplane import MD_LABEL, instance_key, readiness_changes
 
 
@@ -25,14 +27,23 @@ def test_a_replica_is_ready_when_its_tritonserver_serves_and_not_before() -> Non
             pod("d", ready=False), pod("x", ready=False, md=False),
             pod("p", ready=False, phase="Pending")]
     serving = {instance_key("acme", "a"), instance_key("acme", "b")}
-    changes = {name: patch["status"] for _, name, patch in readiness_changes(pods, serving)}
+    changes = {name: ready for _, name, ready in readiness_changes(pods, serving)}
     # a serves: now Ready; c's tritonserver is gone: no longer Ready; b and d already agree;
     # pods of no ModelDeployment and pods not running are not the data plane's
-    assert set(changes) == {"a", "c"}
-    assert {c["type"]: c["status"] for c in changes["a"]["conditions"]} == {
+    assert changes == {"a": True, "c": False}
+
+
+def test_a_readiness_patch_keeps_the_containers_as_the_pod_has_them_now() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    restarted = pod("a", ready=False)
+    restarted["status"]["containerStatuses"][0]["restartCount"] = 1
+    patch = podstatus.readiness(restarted, now, True)["status"]
+    assert {c["type"]: c["status"] for c in patch["conditions"]} == {
         "Ready": "True", "ContainersReady": "True"}
-    assert {c["type"]: c["status"] for c in changes["c"]["conditions"]} == {
+    # the containers' statuses are kept whole (the restart count too), with `ready` set
+    assert patch["containerStatuses"] == [
+        {"name": "triton", "image": "t", "ready": True, "state": {"running": {}},
+         "restartCount": 1}]
+    down = podstatus.readiness(pod("b", ready=True), now, False)["status"]
+    assert {c["type"]: c["status"] for c in down["conditions"]} == {
         "Ready": "False", "ContainersReady": "False"}
-    # the containers' statuses are kept whole, with `ready` set
-    assert changes["a"]["containerStatuses"] == [
-        {"name": "triton", "image": "t", "ready": True, "state": {"running": {}}}]

@@ -176,11 +176,12 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 
 
 def readiness_changes(pods: Iterable[Mapping[str, Any]], serving: set[str]
-                      ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(namespace, pod, status patch) for every running replica whose Ready condition disagrees
-    with whether its tritonserver serves (`serving`: instance keys): what a kubelet's readiness
-    probe on the model would report. The patch sets the Ready and ContainersReady conditions
-    (merged by type) and the containers' `ready` (the list is replaced whole, as it was)."""
+                      ) -> list[tuple[str, str, bool]]:
+    """(namespace, pod, ready) for every running replica whose Ready condition disagrees with
+    whether its tritonserver serves (`serving`: instance keys): what a kubelet's readiness
+    probe on the model would report. The patch itself is built from the pod as it is then
+    (`podstatus.readiness`), not from this possibly older copy: its container statuses carry
+    the restart count a crash report may just have raised."""
     out = []
     for pod in pods:
         meta = pod.get("metadata") or {}
@@ -188,18 +189,8 @@ def readiness_changes(pods: Iterable[Mapping[str, Any]], serving: set[str]
             continue
         ns, name = str(meta["namespace"]), str(meta["name"])
         ready = instance_key(ns, name) in serving
-        if ready == pod_ready(pod):
-            continue
-        status = "True" if ready else "False"
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        containers = [{**c, "ready": ready}
-                      for c in (pod.get("status") or {}).get("containerStatuses") or []]
-        patch: dict[str, Any] = {"conditions": [
-            {"type": t, "status": status, "lastTransitionTime": now}
-            for t in ("Ready", "ContainersReady")]}
-        if containers:
-            patch["containerStatuses"] = containers
-        out.append((ns, name, {"status": patch}))
+        if ready != pod_ready(pod):
+            out.append((ns, name, ready))
     return out
 
 
@@ -278,12 +269,11 @@ class DataPlane:
 
     def __init__(self, run_dir: Path, *, workers: int = 3, start_timeout: float = 120.0,
                  notify: Callable[[], None] | None = None,
-                 set_ready: Callable[[str, str, dict[str, Any]], None] | None = None,
                  pods: podstatus.Reporter | None = None) -> None:
         self.run_dir = run_dir
         self._notify = notify
-        self._set_ready = set_ready
-        self._pods = pods  # where a crash and a restart are reported, as a kubelet would
+        # where readiness, a crash and a restart are reported, as a kubelet would
+        self._pods = pods
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
@@ -353,13 +343,10 @@ class DataPlane:
                 continue
             self._submit(key, self._start, target)
         self._write_endpoints()
-        if self._set_ready is not None:
+        if self._pods is not None:
             serving = {k for k, inst in self.snapshot().items() if inst.ready}
-            for namespace, pod, patch in readiness_changes(pods, serving):
-                try:
-                    self._set_ready(namespace, pod, patch)
-                except Exception as err:  # the next pass tries again
-                    LOG.warning("cannot set the readiness of %s/%s: %s", namespace, pod, err)
+            for namespace, pod, ready in readiness_changes(pods, serving):
+                self._pods.set_ready(namespace, pod, ready)  # logged, retried next pass
 
     def _submit(self, key: str, fn: Any, arg: Any) -> None:
         with self._lock:
@@ -530,12 +517,7 @@ def run(kubeconfig: Path, run_dir: Path, stop_event: threading.Event | None = No
             "nodes": process_nodes}).start()
     core = client.CoreV1Api(api_client)
     events: queue.Queue[None] = queue.Queue()
-
-    def set_ready(namespace: str, pod: str, patch: dict[str, Any]) -> None:
-        core.patch_namespaced_pod_status(pod, namespace, patch, _request_timeout=10)
-
-    plane = DataPlane(run_dir, notify=lambda: events.put(None), set_ready=set_ready,
-                      pods=podstatus.Reporter(core))
+    plane = DataPlane(run_dir, notify=lambda: events.put(None), pods=podstatus.Reporter(core))
     lock = threading.Lock()  # guards pods and node_pools between the watch and the loop
     pods: dict[str, dict[str, Any]] = {}
     node_pools: dict[str, str] = {}

@@ -1,8 +1,10 @@
-"""What a kubelet reports when a container of a pod dies and is started again: the pod goes
-NotReady with the container's `restartCount` up and its `lastState` terminated, and Ready again
-once the new process serves. The data plane uses it for the tritonserver of a pod on a kwok node
-(kwok reports pods Running and Ready once, and never looks at a Running pod again, so these
-patches do not fight its Stages).
+"""What a kubelet reports about a pod's container, for the tritonserver of a pod on a kwok
+node: Ready when its model serves (a readiness probe); when it dies and is started again,
+NotReady with the container's `restartCount` up and its `lastState` terminated, then Ready
+again once the new process serves. kwok reports a ModelDeployment's pod Running (not Ready)
+once and never looks at a Running pod again, so these patches do not fight its Stages. Every
+patch is built from the pod as read just before (`containerStatuses` is replaced whole), so
+a readiness verdict never undoes a restart count.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ def crashed(pod: Mapping[str, Any], now: datetime, message: str) -> dict[str, An
     return {"status": {"conditions": _conditions(False, now), "containerStatuses": [container]}}
 
 
+def readiness(pod: Mapping[str, Any], now: datetime, ready: bool) -> dict[str, Any]:
+    """The status patch for a readiness probe's verdict: the Ready and ContainersReady
+    conditions (merged by type) and the containers' `ready`, the rest of their statuses kept
+    as the pod has them now (the list is replaced whole)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    patch: dict[str, Any] = {"conditions": _conditions(ready, now)}
+    if statuses:
+        patch["containerStatuses"] = [{**c, "ready": ready} for c in statuses]
+    return {"status": patch}
+
+
 def serving(pod: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The status patch for a restarted container whose model is ready again."""
     # containerStatuses is replaced whole by a patch (it has no merge key): keep the rest.
@@ -76,6 +89,14 @@ class Reporter:
         except Exception as err:  # the pod may be gone; the API server may be restarting
             LOG.warning("cannot report the container of %s/%s: %s", namespace, name, err)
             return False
+
+    def set_ready(self, namespace: str, name: str, ready: bool) -> None:
+        """A readiness probe's verdict on a replica, from the pod as it is now; a crashed
+        container's pod is left to the crash report until its new process serves."""
+        with self._lock:
+            if (namespace, name) in self._crashed:
+                return
+        self._patch(namespace, name, readiness, ready)
 
     def crashed(self, namespace: str, name: str) -> None:
         with self._lock:
