@@ -71,10 +71,12 @@ def test_a_crashed_triton_makes_its_pod_not_ready_and_the_replica_comes_back(
     os.kill(handle.pid, signal.SIGKILL)
     t0 = time.monotonic()
 
-    def restarted() -> dict[str, Any] | None:
+    def restarted() -> dict[str, Any]:
         pod = kget(stack, "pod", victim, "-n", namespace)
         cs = (pod["status"].get("containerStatuses") or [{}])[0]
-        return pod if cs.get("restartCount") == 1 and cs.get("ready") else None
+        # (an assertion, so that a timeout shows how far the container got)
+        assert cs.get("restartCount") == 1 and cs.get("ready"), cs
+        return pod
     pod = wait_for(restarted, "the container restarted and ready", timeout=90)
     t_back = time.monotonic() - t0
     cs = pod["status"]["containerStatuses"][0]
