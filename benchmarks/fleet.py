@@ -255,7 +255,7 @@ def deployments_available(cluster: Cluster, prefix: str, want: int) -> bool:
 
 
 def raw_run(cluster: Cluster, row: Row, mds: list[dict[str, Any]], prefix: str, threads: int,
-            timeout: float) -> None:
+            timeout: float, roll: bool = True) -> None:
     """The lower bound: the operator's children, created by a plain client."""
     cluster.create_namespaces(sorted({m["metadata"]["namespace"] for m in mds}))
     before = cluster.apiserver_requests()
@@ -281,6 +281,10 @@ def raw_run(cluster: Cluster, row: Row, mds: list[dict[str, Any]], prefix: str, 
     row.apiserver_requests_raw = cluster.apiserver_requests() - before
     log(f"lower bound, {len(mds)}: available after {row.raw_converge_s:.1f}s")
 
+    if not roll:
+        row.raw_delete_s = delete_all(cluster, created, prefix, threads, timeout)
+        log(f"lower bound, {len(mds)}: deleted after {row.raw_delete_s:.1f}s")
+        return
     # The image roll: every Deployment's pod template patched.
     deployments = [o for o in objects if o["kind"] == "Deployment"]
     start = time.monotonic()
@@ -454,12 +458,13 @@ def operator_run(cluster: Cluster, row: Row, mds: list[dict[str, Any]], prefix: 
             cluster.kube.patch_merge("ModelDeployment", raw["metadata"]["name"],
                                      {"spec": {"triton": {"image": IMAGES[1]}}},
                                      namespace=raw["metadata"]["namespace"])
-        with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(roll, created))
-        wait(lambda: all_ready(cluster, prefix, len(mds), IMAGES[1]), "operator roll",
-             args.timeout, 2.0)
-        row.op_update_s = time.monotonic() - start
-        log(f"operator, {len(mds)}: rolled after {row.op_update_s:.1f}s")
+        if not args.no_roll:
+            with ThreadPoolExecutor(args.workers) as pool:
+                list(pool.map(roll, created))
+            wait(lambda: all_ready(cluster, prefix, len(mds), IMAGES[1]), "operator roll",
+                 args.timeout, 2.0)
+            row.op_update_s = time.monotonic() - start
+            log(f"operator, {len(mds)}: rolled after {row.op_update_s:.1f}s")
         row.op_delete_s = delete_all(cluster, created, prefix, args.workers, args.timeout)
         log(f"operator, {len(mds)}: deleted after {row.op_delete_s:.1f}s")
         row.op_cpu_s = op.stats.cpu_s() - cpu0
@@ -524,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluation-interval", type=float, default=15.0)
     p.add_argument("--idle", type=float, default=60.0, help="seconds of the idle window")
     p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--no-roll", action="store_true",
+                   help="leave out the image roll (the longest phase: at 1,000 it takes the "
+                   "plain client alone over half an hour here)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -545,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{n}-{int(time.time()) % 100000}"
         raw_run(cluster, row, modeldeployments(f"fr{tag}", n, min(args.namespaces, n),
                                                args.replicas, 0.0, IMAGES[0]),
-                f"fr{tag}", args.workers, args.timeout)
+                f"fr{tag}", args.workers, args.timeout, roll=not args.no_roll)
         operator_run(cluster, row, modeldeployments(f"fo{tag}", n, min(args.namespaces, n),
                                                     args.replicas, args.autoscaled, IMAGES[0]),
                      f"fo{tag}", args, args.out)
