@@ -140,3 +140,34 @@ def test_reconcile_runs_adopts_retunes_and_stops_real_servers(run_dir: Path) -> 
     assert triton.list_instances(run_dir) == []
     assert not dp.endpoints_file(run_dir, "acme", "bot").exists()
     plane.close()
+
+
+@pytest.mark.integration
+def test_a_new_pod_on_a_deleted_pods_address_serves_once_the_old_server_is_gone(
+        run_dir: Path) -> None:
+    # kwok gives a deleted pod's address to the next pod at once; the old server is still
+    # stopping then, and a new one started beside it could not listen on the pod's ports.
+    fast = {"dedicap.dev/sim-base-ms": "1", "dedicap.dev/sim-per-item-ms": "0"}
+    address = "127.77.0.9"
+
+    def on(name: str) -> dict[str, Any]:
+        p = pod(name, annotations=fast)
+        p["status"]["podIP"] = address
+        return p
+
+    plane = dp.DataPlane(run_dir)
+    try:
+        plane.reconcile([on("old")])
+        plane.wait_idle(120)
+
+        def new_serves() -> bool:
+            plane.reconcile([on("new")])
+            got = dp.read_endpoints(run_dir, "acme", "bot")
+            return [(e["pod"], e["http"]) for e in got] == [("new", f"{address}:8000")]
+
+        # A server started too early would never serve: its start would time out (120 s) first.
+        wait(new_serves, "the new pod's server on its address", timeout=90)
+        (handle,) = triton.list_instances(run_dir)
+        assert handle.name == "pod.acme.new" and handle.model_ready()
+    finally:
+        plane.close()

@@ -338,8 +338,13 @@ class DataPlane:
                 self._submit(key, self._restart, target)
             elif live(target.spec) != live(inst.desired.spec) or target != inst.desired:
                 self._retune(inst, target)
+        # kwok hands a deleted pod's address to the next pod at once, where a CNI would wait for
+        # the old sandbox to go: a new server waits until ours on that address has stopped.
+        held = {inst.desired.ip: key for key, inst in current.items() if inst.desired.ip}
         for key, target in want.items():
             if key in current or key in busy or self._backoff.get(key, 0.0) > now:
+                continue
+            if held.get(target.ip, key) != key:
                 continue
             self._submit(key, self._start, target)
         self._write_endpoints()
@@ -374,6 +379,15 @@ class DataPlane:
         # On the pod's own address with the container ports, as in a cluster, where that
         # address is routed here; else on free loopback ports.
         on_pod_ip = bool(desired.ip) and triton.can_listen_on(desired.ip)
+        if on_pod_ip and not triton.ports_free(desired.ip, POD_PORTS):
+            # Still held by a process that is going away (a restart onto another pod's old
+            # address): try again shortly rather than start a server that cannot listen.
+            with self._lock:
+                self._instances.pop(desired.key, None)
+                self._backoff[desired.key] = time.monotonic() + 1.0
+            LOG.info("%s/%s: %s's ports are still in use; starting it shortly",
+                     desired.namespace, desired.pod, desired.ip)
+            return
         ports: dict[str, Any] = (
             {"http_port": POD_PORTS[0], "grpc_port": POD_PORTS[1], "metrics_port": POD_PORTS[2],
              "address": desired.ip} if on_pod_ip else {})

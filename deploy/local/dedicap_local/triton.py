@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,19 @@ def can_listen_on(address: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def ports_free(address: str, ports: Iterable[int]) -> bool:
+    """Whether a server could listen on every one of `ports` at `address` now. SO_REUSEADDR as
+    servers set it, so connections of a stopped process lingering in TIME_WAIT do not count."""
+    for port in ports:
+        try:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_ports(count: int) -> list[int]:
