@@ -367,7 +367,7 @@ def _hold_through_outage(stack: Any, namespace: str, operator: OperatorProcess,
     try:
         down = wait_for(lambda: (o := md(stack, namespace)) and condition(
             o, "MetricsAvailable").get("status") == "False" and o,
-            "MetricsAvailable=False", timeout=4 * EVAL_S)
+            "MetricsAvailable=False", timeout=6 * EVAL_S)  # held at once, said after 2 intervals
         cond = condition(down, "MetricsAvailable")
         assert cond["reason"] == "PrometheusUnavailable", cond
         assert "127.0.0.1" in cond["message"] and "held" in cond["message"], cond

@@ -5,6 +5,7 @@ SLOMet, reason codes) and to its reservation's token capacity."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,6 +102,19 @@ def test_reason_codes_name_token_latency_and_a_full_kv_cache() -> None:
     assert st.reason_code(decision("up"), full, cfg) == st.CODE_KV_CACHE
     calm = asc.observation_window(snap(), ready=2, starting=0, current=2, tokens=tokens())
     assert st.reason_code(decision("up"), calm, cfg) == st.CODE_DEMAND_UP
+    # Demand rising past what a replica's cache holds (as learned): the cache is what runs out,
+    # before a request has had to wait for it.
+    fit = TokenFit()
+    for i, n in enumerate((2.0, 4.0, 6.0)):
+        step = 0.01 + 0.001 * n
+        fit = learn(fit, TokenSignals(mean_tpot_ms=1000 * step, tpot_ms=1200 * step,
+                                      generation_token_rate=2 * n / step, running=2 * n,
+                                      running_now=2 * n, kv_usage=0.1 * n, waiting=0.0,
+                                      ttft_ms=200.0, finished_rate=2 * n / step / 100),
+                    2, 60.0, NOW + 60 * i, 3600.0)
+    bound = Decision(replicas=3, direction="up", reason="r", state=PolicyState(tokens=fit))
+    assert st.reason_code(bound, calm, cfg) == st.CODE_KV_CACHE
+    assert st.reason_code(replace(bound, direction="hold"), calm, cfg) == st.CODE_STEADY
 
 
 def test_token_capacity_status_once_learned() -> None:

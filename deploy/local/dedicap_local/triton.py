@@ -27,8 +27,8 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 

@@ -75,6 +75,9 @@ STATE_VERSION = 1
 # The learned state is saved when it changed in substance, and at least this often while
 # metrics flow (a newly elected operator continues from at most this old a state).
 STATE_REFRESH_S = 600.0
+# Metrics missing for fewer evaluation intervals than this leave MetricsAvailable and the last
+# figures as they were (the replicas are held all the same).
+METRICS_GRACE_EVALUATIONS = 2
 # State fields that move at every evaluation by construction (clocks, recent samples): a change
 # there alone is no reason to write.
 _VOLATILE = ("history", "recommendations", "recent", "last_eval", "verdict_t", "last_queue",
@@ -224,6 +227,8 @@ class Autoscaler(BackgroundLoop):
                                                                float]]] = {}
         # What a blind evaluation (no usable metrics) saw: the same again decides the same hold.
         self._blind: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # When each ModelDeployment's metrics went missing (METRICS_GRACE_EVALUATIONS)
+        self._missing_since: dict[tuple[str, str], float] = {}
 
     # ----------------------------------------------------------------- scheduling
 
@@ -235,6 +240,7 @@ class Autoscaler(BackgroundLoop):
             self._seen_replicas.clear()
             self._saved.clear()
             self._blind.clear()
+            self._missing_since.clear()
             return []
         mono = time.monotonic()
         listed: dict[tuple[str, str], dict[str, Any]] = {}
@@ -256,6 +262,7 @@ class Autoscaler(BackgroundLoop):
         self._saved.pop(key, None)
         self._parsed.pop(key, None)
         self._blind.pop(key, None)
+        self._missing_since.pop(key, None)
         self.metrics.forget(*key)
 
     def evaluate_all(self, due: list[tuple[tuple[str, str], dict[str, Any]]],
@@ -378,12 +385,21 @@ class Autoscaler(BackgroundLoop):
         current = md.spec.desired_replicas()
         manual = self._seen_replicas.get(key)
         limit, explanation = self._replica_limit(md, spec.max_replicas)
+        if snap.available:
+            self._missing_since.pop(key, None)
+        missing_for = now - self._missing_since.setdefault(key, now) if not snap.available else 0
+        # A missed scrape or a slow query is not an outage worth two writes (conditions to False
+        # and back) per ModelDeployment: the replicas are held at once, the status says so once
+        # the metrics have been missing for a while.
+        brief = (not snap.available and _metrics_were_available(raw)
+                 and missing_for < METRICS_GRACE_EVALUATIONS * config.evaluation_interval_s)
         # Blind (no usable metrics) exactly as at the last evaluation, with the same spec,
         # replicas and limit: the policy can only hold again, and the status says so already.
         blind = (None if snap.available else
                  (md.generation, ready, starting, current, limit, snap.problem, snap.reason,
                   tokens.problem if tokens is not None else None))
-        if blind is not None and self._blind.get(key) == blind and manual == current:
+        if blind is not None and self._blind.get(key) == blind and manual == current \
+                and not brief:
             self.metrics.record_decision(namespace, name, "hold", st.CODE_METRICS_UNAVAILABLE)
             return Outcome(namespace, name, snap, None, st.CODE_METRICS_UNAVAILABLE, False,
                            limit)
@@ -413,8 +429,9 @@ class Autoscaler(BackgroundLoop):
             events.append(("Normal", "ScaledUp" if decision.replicas > current else "ScaledDown",
                            f"{current} -> {decision.replicas} ({code}): {decision.reason}"))
         self._report(md, snap, config, decision, code, scaled, current, limit, explanation,
-                     now, events, force_state=bool(unreadable), tokens=tokens, ready=ready)
-        if blind is not None and not scaled and decision.replicas == current:
+                     now, events, force_state=bool(unreadable), tokens=tokens, ready=ready,
+                     brief_outage=brief)
+        if blind is not None and not scaled and decision.replicas == current and not brief:
             self._blind[key] = blind
         self.metrics.record_decision(namespace, name,
                                      decision.direction if scaled else "hold", code)
@@ -487,7 +504,8 @@ class Autoscaler(BackgroundLoop):
                 decision: Decision, code: str, scaled: bool, current: int,
                 limit: int | None, explanation: str, now: float,
                 events: list[tuple[str, str, str]], *, force_state: bool,
-                tokens: TokenSnapshot | None = None, ready: int = 0) -> None:
+                tokens: TokenSnapshot | None = None, ready: int = 0,
+                brief_outage: bool = False) -> None:
         spec = md.spec.autoscaling
         assert spec is not None
         key = (md.namespace, md.name)
@@ -503,7 +521,11 @@ class Autoscaler(BackgroundLoop):
                                              explanation if limit is not None else "",
                                              st_tokens.verdict_problems(tokens, config))
             observed = st.observed_status(snap, when)
-            if config.tokens is not None:
+            if brief_outage:
+                # the last figures and conditions stand until the outage lasts (see _evaluate)
+                conds = []
+                observed = dict(previous.get("observed") or {})
+            if config.tokens is not None and not brief_outage:
                 observed.update(st_tokens.observed(tokens if snap.available else None,
                                                    config.tokens.e2e_percentile))
                 capacity = st_tokens.capacity_status(
@@ -560,6 +582,11 @@ class Autoscaler(BackgroundLoop):
                 raise
             self.view.observe_write("ModelDeployment", written)
         return upd.transitions
+
+
+def _metrics_were_available(raw: Mapping[str, Any]) -> bool:
+    cond = c.find((raw.get("status") or {}).get("conditions") or [], c.METRICS_AVAILABLE)
+    return cond is not None and cond.get("status") == "True"
 
 
 def make_client(url: str | None, timeout_s: float = 3.0) -> PrometheusClient | None:

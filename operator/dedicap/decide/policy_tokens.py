@@ -358,6 +358,13 @@ def kv_saturated(s: TokenSignals, ready: int) -> bool:
             and s.kv_usage >= KV_SATURATED)
 
 
+def memory_bound(slo: TokenSLO, fit: TokenFit | None, s: TokenSignals) -> bool:
+    """Whether what one replica serves is bounded by its KV cache or its sequence limit (as
+    learned so far): demand beyond it is demand the replicas' caches cannot hold."""
+    cap = capacity(slo, fit, by_tokens(s)) if fit is not None else None
+    return cap is not None and cap.limited_by in ("kvCache", "maxSequences")
+
+
 # The request-level policy's words for its latency and rejections, replaced by the token ones.
 _LATENCY_WORDS = re.compile(r"; p[0-9.]+ [0-9]+ms > [0-9]+ms")
 _REJECTED_WORDS = re.compile(r"; REJECTED [0-9.]+%")

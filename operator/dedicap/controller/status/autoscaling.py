@@ -41,7 +41,7 @@ EVALUATION_FAILED = "EvaluationFailed"
 CODE_METRICS_UNAVAILABLE = "MetricsUnavailable"
 CODE_LATENCY = "LatencyAboveSLO"
 CODE_TOKEN_LATENCY = "TokenLatencyAboveSLO"  # a streaming LLM's TTFT or TPOT
-CODE_KV_CACHE = "KVCacheSaturated"  # requests wait for room in a full KV cache
+CODE_KV_CACHE = "KVCacheSaturated"  # the replicas' KV caches are (or would be) full
 CODE_REJECTED = "RequestsRejected"
 CODE_DEMAND_UP = "DemandRising"
 CODE_DEMAND_DOWN = "DemandFalling"
@@ -102,7 +102,10 @@ def reason_code(decision: Decision, window: ObservationWindow, config: PolicyCon
     slow_tokens = kv = False
     if config.tokens is not None and window.tokens is not None:
         slow_tokens = bool(policy_tokens.token_breaches(config.tokens, window.tokens))
-        kv = policy_tokens.kv_saturated(window.tokens, window.ready_replicas)
+        # a full cache now, or (going up) a demand beyond what the replicas' caches hold
+        kv = policy_tokens.kv_saturated(window.tokens, window.ready_replicas) or (
+            decision.direction == "up" and policy_tokens.memory_bound(
+                config.tokens, decision.state.tokens, window.tokens))
     limited = decision.limited_by or ""
     if decision.direction == "up":
         if window.current_replicas < config.min_replicas:
