@@ -306,7 +306,7 @@ def test_a_step_is_met_by_the_fast_path_in_one_move(
                               timeout_s=30, max_in_flight=2000)
     try:
         timeline.until(lambda n: n >= 2, "a scale-up after the step", timeout=90)
-        for _ in range(45):  # the new replicas start, serve, and the backlog drains
+        while load.running():  # the new replicas start, serve, the backlog drains: to its end
             timeline.sample()
             time.sleep(1)
     finally:

@@ -379,6 +379,27 @@ def test_a_draining_backlog_is_not_a_breach_to_step_up_for() -> None:
     assert "one step up" in growing.reason and growing.replicas > k
 
 
+def test_no_second_step_up_before_the_new_replicas_have_served_an_interval() -> None:
+    state, _ = _steady(CFG, 3000.0, 30, PolicyState())
+    n = state.history[-1][1]
+    t = 31 * 60.0
+    deep = n * 32.0 * 4
+    first = decide(CFG, served_window(t, 3000.0, n, latency_ms=900.0, queue_depth=deep),
+                   state, t)
+    k = first.replicas
+    assert k > n
+    t += 15.0
+    # the new replicas just became ready; the old fleet's backlog grew meanwhile
+    settling = decide(CFG, served_window(t, 3000.0, k, latency_ms=900.0,
+                                         queue_depth=1.5 * deep), first.state, t)
+    assert "one step up" not in settling.reason and settling.replicas == k
+    t += 15.0
+    # a whole interval with them, and the queues still grow: the fleet is still short
+    short = decide(CFG, served_window(t, 3000.0, k, latency_ms=900.0, queue_depth=2 * deep),
+                   settling.state, t)
+    assert "one step up" in short.reason and short.replicas > k
+
+
 def test_a_stale_quantile_over_shallow_queues_does_not_cut_the_gain() -> None:
     state, _ = _steady(CFG, 3000.0, 30, PolicyState())
     n = state.history[-1][1]

@@ -95,6 +95,14 @@ def test_panic_drains_only_a_deep_backlog_and_needs_a_real_overload() -> None:
     # and with panic disabled, the fast path still follows the burst
     off = replace(CFG, panic_threshold=0.0)
     assert "panic" not in decide(off, growing, state, t).reason
+    # a quiet fleet whose queues hold almost a batch per replica, one more than a moment ago:
+    # at 100 req/s that takes longer than half the target to serve, but it is what batching
+    # holds at any load, not a backlog. One request more than a batch is.
+    quiet, m = learned(100.0)
+    shallow = served_window(t, 100.0, m, latency_ms=30.0, queue_depth=m * 32.0 - 1.0,
+                            request_rate_short=100.0, queue_growth=1.0)
+    assert "panic" not in decide(CFG, shallow, quiet, t).reason
+    assert "panic" in decide(CFG, replace(shallow, queue_depth=m * 32.0 + 1.0), quiet, t).reason
 
 
 @settings(max_examples=150, deadline=None)

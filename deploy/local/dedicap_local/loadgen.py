@@ -376,6 +376,10 @@ class Background:
         self._stop.set()
         return self.join()
 
+    def running(self) -> bool:
+        """Whether the profile is still being offered (False once it ran to its end)."""
+        return self._thread.is_alive()
+
     def join(self, timeout: float | None = None) -> Any:
         self._thread.join(timeout)
         if self.error is not None:

@@ -81,7 +81,7 @@ METRICS_GRACE_EVALUATIONS = 2
 # State fields that move at every evaluation by construction (clocks, recent samples): a change
 # there alone is no reason to write.
 _VOLATILE = ("history", "recommendations", "recent", "last_eval", "verdict_t", "last_queue",
-             "last_queue_t", "fast")
+             "last_queue_t", "last_ready", "fast")
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,7 @@ class PolicyState:
     verdict_t: float | None = None  # when a window was last judged for the error budget
     last_queue: float | None = None  # queued requests at the last evaluation with fresh data
     last_queue_t: float | None = None
+    last_ready: int | None = None  # ready replicas at that evaluation
     # (time, fast-path arrival rate) over `burst_memory_s`: the burst-aware headroom's sample
     fast: tuple[tuple[float, float], ...] = ()
     tokens: TokenFit | None = None  # a streaming LLM's learned token capacity
@@ -225,6 +226,7 @@ class PolicyState:
             verdict_t=d.get("verdict_t"),
             last_queue=d.get("last_queue"),
             last_queue_t=d.get("last_queue_t"),
+            last_ready=int(d["last_ready"]) if d.get("last_ready") is not None else None,
             fast=tuple((float(t), float(r)) for t, r in d.get("fast", [])),
             tokens=TokenFit.from_dict(d["tokens"]) if d.get("tokens") else None,
         )
@@ -249,7 +251,7 @@ def _check_state(d: Any) -> None:
         if name in d:
             _number(d[name], name, lo, hi)
     for name in ("peak_t", "last_jump_t", "last_burst_t", "saturated_t", "since", "last_eval",
-                 "verdict_t", "last_queue", "last_queue_t"):
+                 "verdict_t", "last_queue", "last_queue_t", "last_ready"):
         if d.get(name) is not None:
             _number(d[name], name)
     for name, keys in (("holt", ("level", "trend", "t")),
@@ -589,8 +591,9 @@ def decide(
                 need = floor
                 why += f"; kept for {recent_max:.0f} req/s seen within one start-up delay"
     # Panic (in the spirit of Knative's): the fast path sees arrivals beyond what the ready
-    # replicas serve at the SLO, or a backlog that takes longer than half the latency target
-    # to work off (Little's law: the queue over the rate it is served at) and grows. Then the
+    # replicas serve at the SLO, or a backlog beyond a batch per replica that takes longer
+    # than half the latency target to work off (Little's law: the queue over the rate it is
+    # served at) and grows. Then the
     # count follows the fast arrival rate at once, plus one replica to drain the backlog,
     # without waiting for the rate window or the summaries to catch up. (Scale-down waits at
     # least the stabilization window after it, as after any rise.)
@@ -598,7 +601,8 @@ def decide(
         saturated = cap / max(config.utilization, 1e-6)
         served_fast = window.request_rate_short
         wait_s = queue_now / served_fast if served_fast > 0 else math.inf if queue_now else 0.0
-        deep = queue_now > 0 and wait_s > 0.5 * target_ms / 1000.0
+        # (a batch per replica waiting is what batching holds anyway, at any load)
+        deep = queue_now > ready * batch_cap and wait_s > 0.5 * target_ms / 1000.0
         growing = _finite(window.queue_growth) and window.queue_growth > 0.0
         if fast > config.panic_threshold * ready * saturated or (deep and growing):
             panic = math.ceil(fast / cap - 1e-9) + (1 if deep else 0)
@@ -613,9 +617,12 @@ def decide(
     draining = (state.last_queue is not None and state.last_queue_t is not None
                 and now - state.last_queue_t <= 2.0 * config.evaluation_interval_s + 1e-9
                 and queue_now < state.last_queue)
+    # Nor when replicas became ready since: the queues have not had an evaluation interval
+    # with them yet (after a scale-up, the backlog of the old fleet still grew at first).
+    settling = state.last_ready is not None and state.last_ready != ready
     breach_now = reject_breach or (latency_breach and queue_now > ready * batch_cap
-                                   and not draining)
-    state = replace(state, last_queue=queue_now, last_queue_t=now)
+                                   and not draining and not settling)
+    state = replace(state, last_queue=queue_now, last_queue_t=now, last_ready=ready)
     if breach_now and starting == 0 and need <= ready:
         need = ready + max(1, math.ceil(0.1 * ready))
         why += "; capacity breach with nothing starting: one step up"
