@@ -95,7 +95,7 @@ class Informer(Generic[T]):
     # Relists and watch restarts after an error (for the operator's metrics).
     relists: int = field(default=0, init=False)
     reconnects: int = field(default=0, init=False)
-    # Bumped on every stored change: readers cache what they derive from the store.
+    # Bumped when a stored value changes: readers cache what they derive from the store.
     generation: int = field(default=0, init=False)
 
     # ----------------------------------------------------------------- reading
@@ -165,7 +165,10 @@ class Informer(Generic[T]):
             ix = self.index(value)
             if ix is not None:
                 self._by_index.setdefault(ix, set()).add(key)
-        self.generation += 1
+        if old is None or old.value != value:
+            # what was built from the store stays valid through a change it does not keep
+            # (a node's heartbeat, a pod's status detail that its parsed record leaves out)
+            self.generation += 1
 
     def _unindex(self, key: Key, value: T) -> None:
         if self.index is None:

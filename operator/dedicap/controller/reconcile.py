@@ -67,6 +67,10 @@ class CapacityPlanner:
         if cached is not None and cached[:2] == key:
             return cached[2]
         result = cap.plan(state, now)
+        if cached is not None and cached[2] == result:
+            # the same plan a second later: the same object, so that what was computed from
+            # it (the autoscaler's replica limits) is known to still hold
+            result = cached[2]
         self._cached = (key[0], key[1], result)
         return result
 
@@ -108,10 +112,14 @@ class Reconciler:
         if self.metrics is not None:
             self.metrics.forget(namespace, name)
 
+    def plan(self, state: ClusterState) -> cap.CapacityPlan | None:
+        """The capacity plan placement follows (None: capacity management is off); the same
+        object for as long as its content holds."""
+        return self.capacity.plan(state) if self.capacity is not None else None
+
     def placement(self, md: ModelDeployment, state: ClusterState,
                   replicas: int | None = None) -> Placement:
-        plan = self.capacity.plan(state) if self.capacity is not None else None
-        return cap.placement(md, state, plan, replicas)
+        return cap.placement(md, state, self.plan(state), replicas)
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
         started = time.monotonic()
