@@ -55,7 +55,6 @@ from dedicap.controller.reconcile import Reconciler
 from dedicap.controller.status import autoscaling as st
 from dedicap.controller.status import tokens as st_tokens
 from dedicap.controller.view import ClusterView
-from dedicap.decide import capacity as cap
 from dedicap.decide.cluster import PodInfo
 from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState, decide
 from dedicap.decide.render import MANAGER
@@ -230,9 +229,6 @@ class Autoscaler(BackgroundLoop):
         self._blind: dict[tuple[str, str], tuple[Any, ...]] = {}
         # When each ModelDeployment's metrics went missing (METRICS_GRACE_EVALUATIONS)
         self._missing_since: dict[tuple[str, str], float] = {}
-        # The last replica limit, with the cluster state, plan and spec it was computed from
-        self._limits: dict[tuple[str, str], tuple[Any, Any, tuple[Any, ...],
-                                                  tuple[int | None, str]]] = {}
 
     # ----------------------------------------------------------------- scheduling
 
@@ -245,15 +241,19 @@ class Autoscaler(BackgroundLoop):
             self._saved.clear()
             self._blind.clear()
             self._missing_since.clear()
-            self._limits.clear()
             return []
         mono = time.monotonic()
         listed: dict[tuple[str, str], dict[str, Any]] = {}
+        acting: dict[str, bool] = {}  # per namespace: this runs every second, over every MD
         for raw in self.view.modeldeployments():
             meta = raw["metadata"]
-            if ((raw.get("spec") or {}).get("autoscaling") and not meta.get("deletionTimestamp")
-                    and self.gate.acts_for(meta.get("namespace", ""))):
-                listed[(meta["namespace"], meta["name"])] = raw
+            if not (raw.get("spec") or {}).get("autoscaling") or meta.get("deletionTimestamp"):
+                continue
+            namespace = meta.get("namespace", "")
+            if namespace not in acting:
+                acting[namespace] = self.gate.acts_for(namespace)
+            if acting[namespace]:
+                listed[(namespace, meta["name"])] = raw
         for key in set(self._due) - set(listed):
             self._forget(key)
         due = [(k, raw) for k, raw in listed.items() if self._due.get(k, -math.inf) <= mono]
@@ -268,7 +268,6 @@ class Autoscaler(BackgroundLoop):
         self._parsed.pop(key, None)
         self._blind.pop(key, None)
         self._missing_since.pop(key, None)
-        self._limits.pop(key, None)
         self.metrics.forget(*key)
 
     def evaluate_all(self, due: list[tuple[tuple[str, str], dict[str, Any]]],
@@ -475,21 +474,10 @@ class Autoscaler(BackgroundLoop):
     def _replica_limit(self, md: ModelDeployment, max_replicas: int) -> tuple[int | None, str]:
         """The most replicas placeable now under the reservation and in the pools (the
         ModelDeployment's own replicas count as placeable), and why not more."""
-        state = self.view.state()
-        plan = self.reconciler.plan(state)
-        key = (md.namespace, md.name)
-        spec = (md.uid, md.generation, max_replicas)
-        memo = self._limits.get(key)
-        # Placing one ModelDeployment walks every node of its pools: at a thousand of them that
-        # was most of an idle operator's work. The cluster state and the plan are rebuilt only
-        # when something they hold changes, so the same objects mean the same answer.
-        if memo is not None and memo[0] is state and memo[1] is plan and memo[2] == spec:
-            return memo[3]
-        placement = cap.placement(md, state, plan, max_replicas)
-        # no eligible pool: the reconcile reports it; do not force 0
-        limit = (placement.placed, placement.message) if placement.assignments else (None, "")
-        self._limits[key] = (state, plan, spec, limit)
-        return limit
+        placement = self.reconciler.placement(md, self.view.state(), replicas=max_replicas)
+        if not placement.assignments:
+            return None, ""  # no eligible pool: the reconcile reports it; do not force 0
+        return placement.placed, placement.message
 
     def _scale(self, md: ModelDeployment, current: int, desired: int) -> bool:
         """Write spec.replicas through the scale subresource, only if it still holds the count

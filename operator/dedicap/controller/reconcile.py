@@ -96,6 +96,9 @@ class Reconciler:
     metrics: OperatorMetrics | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _placements: tuple[Any, Any, dict[tuple[Any, ...], Placement]] = field(
+        default_factory=lambda: (None, None, {}), init=False)
+    _placements_guard: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def lock(self, namespace: str, name: str) -> threading.Lock:
         """One writer of a ModelDeployment's status at a time: the reconcile and the
@@ -119,7 +122,24 @@ class Reconciler:
 
     def placement(self, md: ModelDeployment, state: ClusterState,
                   replicas: int | None = None) -> Placement:
-        return cap.placement(md, state, self.plan(state), replicas)
+        """Where the replicas go (`replicas`: how many to place, default the desired count).
+        Placing one ModelDeployment walks every node of its pools: at a thousand of them,
+        resynced and evaluated with nothing changing, that was most of an idle operator's
+        work. The cluster state and the plan are rebuilt only when something they hold
+        changes, so while both are the same objects, the same spec has the same placement."""
+        plan = self.plan(state)
+        key = (md.namespace, md.name, md.uid, md.generation, replicas)
+        with self._placements_guard:
+            memo = self._placements
+            if memo[0] is state and memo[1] is plan and key in memo[2]:
+                return memo[2][key]
+        placed = cap.placement(md, state, plan, replicas)
+        with self._placements_guard:
+            if not (self._placements[0] is state and self._placements[1] is plan):
+                # one cluster state at a time is kept (and with it, alive)
+                self._placements = (state, plan, {})
+            self._placements[2][key] = placed
+        return placed
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
         started = time.monotonic()
