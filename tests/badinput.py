@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from dedicap.api.models import (
     MAX_MODELDEPLOYMENT_NAME,
@@ -295,6 +296,14 @@ def _m(kind: str, name: str, path: str, value: Any, at: str | None = None, *,
 
 
 _MD, _POOL, _CR = "ModelDeployment", "GPUPool", "CapacityReservation"
+
+
+def _replicas_as_text(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    scaling = spec.get("autoscaling")
+    low = scaling.get("minReplicas", 1) if isinstance(scaling, dict) else 3
+    spec["replicas"] = str(low)
+
 _BIG = 2**53
 # The credentials of a repository URI, never to be stored, logged or copied anywhere.
 SECRET = "s3cr3t-Pa55w0rd"
@@ -303,7 +312,9 @@ MUTATIONS: list[Mutation] = [
     # ModelDeployment
     _m(_MD, "replicas negative", "spec.replicas", -1),
     _m(_MD, "replicas huge", "spec.replicas", _BIG),
-    _m(_MD, "replicas a string", "spec.replicas", "3", api_only=True),
+    # a count the spec allows, as text: only its type is wrong (the parser would read "3" as
+    # 3, out of range for an autoscaling of 4 to 4)
+    Mutation(_MD, "replicas a string", "spec.replicas", _replicas_as_text, api_only=True),
     _m(_MD, "replicas fractional", "spec.replicas", 1.5),
     _m(_MD, "no GPU per replica", "spec.resources.gpusPerReplica", 0),
     _m(_MD, "17 GPUs per replica", "spec.resources.gpusPerReplica", 17),
@@ -478,8 +489,13 @@ def through_operator(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         fields, _ = pool_status(pool, state.pool_figures(pool.name), 0)
         _finite_json("pool status", fields)
         # A ModelDeployment placed on it: the pool's selector and tolerations reach its pods.
-        md = ModelDeployment.model_validate({**SAMPLE_MD, "spec": {
-            **SAMPLE_MD["spec"], "placement": {"pools": [pool.name]}}})
+        try:
+            md = ModelDeployment.model_validate({**SAMPLE_MD, "spec": {
+                **SAMPLE_MD["spec"], "placement": {"pools": [pool.name]}}})
+        except ValidationError:
+            # only the name varies: one the API server refuses (too long, not a label) can
+            # name no pool of a ModelDeployment either
+            return []
         return _render(md, state)
     if kind == _CR:
         cr = CapacityReservation.model_validate(obj)
