@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.counts.split(",")]
 
     stack = stk.Stack()
+    # A fresh cluster: the objects of an interrupted run would hold the GPUs of this one.
+    stk.down(stack, purge=True)
     stk.up(stack, with_dataplane=False)
     chart.install_cluster_objects(stack)
     stack.kubectl("apply", "-f", str(ROOT / "crds"))
