@@ -390,14 +390,16 @@ class Autoscaler(BackgroundLoop):
         current = md.spec.desired_replicas()
         manual = self._seen_replicas.get(key)
         limit, explanation = self._replica_limit(md, spec.max_replicas)
-        if snap.available:
-            self._missing_since.pop(key, None)
-        missing_for = now - self._missing_since.setdefault(key, now) if not snap.available else 0
         # A missed scrape or a slow query is not an outage worth two writes (conditions to False
         # and back) per ModelDeployment: the replicas are held at once, the status says so once
         # the metrics have been missing for a while.
-        brief = (not snap.available and _metrics_were_available(raw)
-                 and missing_for < METRICS_GRACE_EVALUATIONS * config.evaluation_interval_s)
+        brief = False
+        if snap.available:
+            self._missing_since.pop(key, None)
+        else:
+            missing_for = now - self._missing_since.setdefault(key, now)
+            brief = (_metrics_were_available(raw)
+                     and missing_for < METRICS_GRACE_EVALUATIONS * config.evaluation_interval_s)
         # Blind (no usable metrics) exactly as at the last evaluation, with the same spec,
         # replicas and limit: the policy can only hold again, and the status says so already.
         blind = (None if snap.available else
@@ -521,15 +523,16 @@ class Autoscaler(BackgroundLoop):
             if fresh is None:
                 return
             previous = fresh.get("status") or {}
-            conds = st.autoscaler_conditions(previous.get("conditions") or [], snap, spec,
-                                             config, decision,
-                                             explanation if limit is not None else "",
-                                             st_tokens.verdict_problems(tokens, config))
-            observed = st.observed_status(snap, when)
+            conds: list[c.Cond] = []
             if brief_outage:
                 # the last figures and conditions stand until the outage lasts (see _evaluate)
-                conds = []
                 observed = dict(previous.get("observed") or {})
+            else:
+                conds = st.autoscaler_conditions(previous.get("conditions") or [], snap, spec,
+                                                 config, decision,
+                                                 explanation if limit is not None else "",
+                                                 st_tokens.verdict_problems(tokens, config))
+                observed = st.observed_status(snap, when)
             if config.tokens is not None and not brief_outage:
                 observed.update(st_tokens.observed(tokens if snap.available else None,
                                                    config.tokens.e2e_percentile))

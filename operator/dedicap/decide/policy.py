@@ -593,10 +593,10 @@ def decide(
     # Panic (in the spirit of Knative's): the fast path sees arrivals beyond what the ready
     # replicas serve at the SLO, or a backlog beyond a batch per replica that takes longer
     # than half the latency target to work off (Little's law: the queue over the rate it is
-    # served at) and grows. Then the
-    # count follows the fast arrival rate at once, plus one replica to drain the backlog,
-    # without waiting for the rate window or the summaries to catch up. (Scale-down waits at
-    # least the stabilization window after it, as after any rise.)
+    # served at) and grows. Then the count follows the fast arrival rate at once, plus one
+    # replica to drain the backlog, without waiting for the rate window or the summaries to
+    # catch up. (Scale-down waits at least the stabilization window after it, as after any
+    # rise.)
     if cap is not None and cap > 0 and ready > 0 and _finite(fast) and config.panic_threshold > 0:
         saturated = cap / max(config.utilization, 1e-6)
         served_fast = window.request_rate_short
