@@ -292,8 +292,7 @@ class Bench:
         stk.up(self.stack)
         chart.install_cluster_objects(self.stack)
         self.stack.kubectl("apply", "-f", str(ROOT / "crds"))
-        self.stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                           "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
+        self.stack.wait_established("modeldeployments.dedicap.dev", "gpupools.dedicap.dev")
         self.stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
         self.peering = f"dedicap-live-{uuid.uuid4().hex[:6]}"
         self.proc = "operator-live"

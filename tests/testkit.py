@@ -45,9 +45,8 @@ def install_api(stack: Any) -> None:
     """This checkout's CRDs (a stack kept from an older one would prune newer fields), ready to
     use, and the example GPUPools."""
     stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev",
-                  "crd/capacityreservations.dedicap.dev")
+    stack.wait_established("modeldeployments.dedicap.dev", "gpupools.dedicap.dev",
+                           "capacityreservations.dedicap.dev")
     stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
 
 
@@ -235,8 +234,7 @@ def live_autoscaler(stack: Any, log_dir: Path, namespaces: str, peering: str,
     own, reads the stack's Prometheus (scraped every 2 s) over a 20-s window, evaluates every
     `eval_s` seconds and assumes replicas start in 10 s."""
     stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
+    stack.wait_established("modeldeployments.dedicap.dev", "gpupools.dedicap.dev")
     stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
     return OperatorProcess(
         stack, log_dir,

@@ -174,8 +174,7 @@ def test_install_runs_the_rendered_pods_as_processes_and_reconciles(stack: Any,
     r = release
     helm(stack, "install", RELEASE, str(chart.CHART), "-n", r.namespace, "-f", str(r.values),
          "--wait", "--timeout", "240s")
-    stack.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.dedicap.dev",
-                  "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
+    stack.wait_established("modeldeployments.dedicap.dev", "clusterkopfpeerings.kopf.dev")
     deployment = kget(stack, "deployment", RELEASE, "-n", r.namespace)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     pods = wait_for(lambda: len(_ready_pods(r)) == 2 and _ready_pods(r), "2 ready operator pods")

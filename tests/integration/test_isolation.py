@@ -24,7 +24,7 @@ import pytest
 import faults
 from dedicap_local import procs
 from dedicap_local import stack as stk
-from testkit import OperatorProcess, SimPool, kget, release_operator_state, wait_for
+from testkit import OperatorProcess, SimPool, install_api, kget, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +34,7 @@ PREFIX = "dcp-iso"
 
 
 def _prepare(stack: Any) -> None:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
-    stack.kubectl("apply", "-f", str(EXAMPLES / "gpupools.yaml"))
+    install_api(stack)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from dedicap.metrics import promql
 from dedicap.metrics.prometheus import PrometheusClient
 from dedicap.monitoring import dashboards, report, rules
 from dedicap_local import dataplane, loadgen, monitoring
-from testkit import OperatorProcess, kget, release_operator_state, wait_for
+from testkit import OperatorProcess, install_api, kget, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -133,11 +133,7 @@ def run(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     server, hook = serve_webhook()
     url = monitoring.up(stack, receiver_url=f"http://127.0.0.1:{server.server_port}/alerts")
     prom = PrometheusClient(url, timeout_s=10, retries=2)
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev",
-                  "crd/capacityreservations.dedicap.dev")
-    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
+    install_api(stack)
     live = rules.rule_groups(rules.SRE.compressed(COMPRESS, "2s"))
     monitoring.install_chart_monitoring(stack, live)
     suffix = uuid.uuid4().hex[:6]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from testkit import OperatorProcess as Operator
-from testkit import kget, release_operator_state, wait_for
+from testkit import install_api, kget, release_operator_state, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +30,7 @@ CHILD_KINDS = "deployments,services,poddisruptionbudgets,networkpolicies"
 
 @pytest.fixture(scope="module")
 def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
-    stack.kubectl("apply", "-f", str(EXAMPLES / "gpupools.yaml"))
+    install_api(stack)
     op = Operator(stack, tmp_path_factory.mktemp("operator"), [
         "--namespace", "dcp-op-*", "--peering-lifetime", "6",
         "--pool-refresh-seconds", "2", "--resync-seconds", "5", "--verbose",

@@ -50,8 +50,7 @@ def pool(stack: Any) -> Iterator[Pool]:
     from dedicap_local import stack as stk
 
     stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/gpupools.dedicap.dev")
+    stack.wait_established("gpupools.dedicap.dev")
     name = f"rs-{uuid.uuid4().hex[:6]}"
     p = Pool(name, f"TEST-{name.upper()}")
     stk.ensure_nodes(stack, [{"name": name, "nodes": 1, "cpu": "16", "memory": "64Gi",

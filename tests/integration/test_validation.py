@@ -26,8 +26,7 @@ EXAMPLES = ROOT / "deploy" / "examples"
 @pytest.fixture(scope="module")
 def crds(stack: Any) -> None:
     stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/modeldeployments.dedicap.dev", "crd/gpupools.dedicap.dev")
+    stack.wait_established("modeldeployments.dedicap.dev", "gpupools.dedicap.dev")
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def run(stack: stk.Stack, *, with_load: bool = True) -> None:
             "reservations and ModelDeployment")
     _apply(stack, REPO / "crds")
     chart.install_cluster_objects(stack)
-    stack.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    stack.wait_established()
     for ns in (NAMESPACE, "acme-frontend"):
         stack.kubectl("create", "namespace", ns, check=False)
     dataplane.write_sim(stack.run_dir, {"modeldeployments": {f"{NAMESPACE}/{MODEL}": DEMO_SIM}})

@@ -277,9 +277,8 @@ def up(stack: stk.Stack, *, receiver_url: str | None = None) -> str:
         path.mkdir(parents=True, exist_ok=True)
     stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds_dir(stack)),
                   timeout=180)
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  *(f"crd/{kind}.monitoring.coreos.com"
-                    for kind in ("prometheuses", "servicemonitors", "prometheusrules")))
+    stack.wait_established(*(f"{kind}.monitoring.coreos.com"
+                             for kind in ("prometheuses", "servicemonitors", "prometheusrules")))
     stack.kubectl("create", "namespace", NAMESPACE, check=False)
     # Alertmanager on its own pod-range address, found through its Service like in a cluster.
     if not (h / "alertmanager.yml").exists() or receiver_url is not None:

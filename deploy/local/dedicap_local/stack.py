@@ -101,6 +101,23 @@ class Stack:
             raise KubectlError(proc.returncode, ["kubectl", *args], proc.stdout, proc.stderr)
         return proc
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Wait until each CRD (`name.group`, or all with none given) is Established.
+
+        Not `kubectl wait --for=condition=Established`: on a CRD created a moment ago its
+        `status.conditions` is still null and kubectl fails at once instead of waiting."""
+        jsonpath = ('{range .items[*]}{.metadata.name}='
+                    '{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}')
+
+        def established() -> bool:
+            out = self.kubectl("get", "crd", "-o", f"jsonpath={jsonpath}").stdout
+            status = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+            wanted = crds or tuple(status)
+            return all(status.get(name) == "True" for name in wanted)
+
+        procs.wait_for(established, "CRDs " + (", ".join(crds) or "all") + " Established",
+                       timeout)
+
 
 def _pki(stack: Stack) -> certs.Pki:
     return certs.ensure(stack.run_dir / "pki")
