@@ -2,6 +2,8 @@
 
     python benchmarks/fleet.py                          # 100, 300 and 1,000 ModelDeployments
     python benchmarks/fleet.py --counts 50,100 --nodes 120 --out /tmp/fleet   # a quick look
+    python benchmarks/fleet.py --counts 1000 --no-roll --operator-only --out /tmp/fleet \
+        --profile-idle /tmp/fleet/idle.txt     # where an idle operator spends its time
 
 On a local stack of its own (no data plane: kwok makes the pods Ready, nothing serves them) with
 `--nodes` simulated GPU nodes in four pools and `--namespaces` tenant namespaces, for each count
@@ -417,10 +419,18 @@ def operator_run(cluster: Cluster, row: Row, mds: list[dict[str, Any]], prefix: 
         row.events_lag_s = time.monotonic() - start - row.op_converge_s
         log(f"operator, {len(mds)}: every Event posted {row.events_lag_s:.1f}s after Ready")
         # Idle: nothing changes for idle_s.
+        profiler = (subprocess.Popen(
+            ["py-spy", "record", "--pid", str(op.proc.pid), "--nonblocking", "--rate", "50",
+             "--duration", str(round(args.idle)), "--format", "raw", "--output",
+             str(args.profile_idle)], stdout=subprocess.DEVNULL)
+            if args.profile_idle else None)
         cpu_a, m_a, t_a = op.stats.cpu_s(), op.metrics(), time.monotonic()
         time.sleep(args.idle)
         cpu_b, m_b, t_b = op.stats.cpu_s(), op.metrics(), time.monotonic()
         row.idle_s = t_b - t_a
+        if profiler is not None:
+            profiler.wait(60)
+            log(f"operator, {len(mds)}: idle profile (py-spy, raw) in {args.profile_idle}")
         row.idle_cpu_pct = 100 * (cpu_b - cpu_a) / row.idle_s
         peering = ("clusterkopfpeerings",)
         row.idle_writes = writes(m_b, peering) - writes(m_a, peering)
@@ -477,6 +487,10 @@ def operator_run(cluster: Cluster, row: Row, mds: list[dict[str, Any]], prefix: 
 # ----------------------------------------------------------------------------- report
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "n/a"
+
+
 def table(rows: list[Row]) -> str:
     head = ("| ModelDeployments | lower bound s | operator s | ratio | roll: bound / operator s "
             "| delete: bound / operator s | requests / reconcile | operator CPU s | peak RSS MB "
@@ -486,7 +500,7 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         lines.append(
             f"| {r.count} | {r.raw_converge_s:.1f} | {r.op_converge_s:.1f} | "
-            f"{r.op_converge_s / r.raw_converge_s:.2f} | {r.raw_update_s:.1f} / "
+            f"{_ratio(r.op_converge_s, r.raw_converge_s)} | {r.raw_update_s:.1f} / "
             f"{r.op_update_s:.1f} | {r.raw_delete_s:.1f} / {r.op_delete_s:.1f} | "
             f"{r.op_requests_per_reconcile:.2f} | {r.op_cpu_s:.1f} | {r.op_peak_rss_mb:.0f} | "
             f"{r.events_lag_s:.1f} | {r.idle_cpu_pct:.2f} | "
@@ -532,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-roll", action="store_true",
                    help="leave out the image roll (the longest phase: at 1,000 it takes the "
                    "plain client alone over half an hour here)")
+    p.add_argument("--operator-only", action="store_true",
+                   help="leave out the lower bound (the plain client): for looking into the "
+                   "operator alone, not for the table of record")
+    p.add_argument("--profile-idle", type=Path, metavar="FILE",
+                   help="record the operator over the idle window with py-spy (on PATH) into "
+                   "FILE, in its raw (collapsed stacks) format")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -553,9 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in counts:
         row = Row(n)
         tag = f"{n}-{int(time.time()) % 100000}"
-        raw_run(cluster, row, modeldeployments(f"fr{tag}", n, min(args.namespaces, n),
-                                               args.replicas, 0.0, IMAGES[0]),
-                f"fr{tag}", args.workers, args.timeout, roll=not args.no_roll)
+        if not args.operator_only:
+            raw_run(cluster, row, modeldeployments(f"fr{tag}", n, min(args.namespaces, n),
+                                                   args.replicas, 0.0, IMAGES[0]),
+                    f"fr{tag}", args.workers, args.timeout, roll=not args.no_roll)
         operator_run(cluster, row, modeldeployments(f"fo{tag}", n, min(args.namespaces, n),
                                                     args.replicas, args.autoscaled, IMAGES[0]),
                      f"fo{tag}", args, args.out)
