@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -419,8 +420,9 @@ def operator_run(cluster: Cluster, row: Row, mds: list[dict[str, Any]], prefix: 
         row.events_lag_s = time.monotonic() - start - row.op_converge_s
         log(f"operator, {len(mds)}: every Event posted {row.events_lag_s:.1f}s after Ready")
         # Idle: nothing changes for idle_s.
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         profiler = (subprocess.Popen(
-            ["py-spy", "record", "--pid", str(op.proc.pid), "--nonblocking", "--rate", "50",
+            [py_spy, "record", "--pid", str(op.proc.pid), "--nonblocking", "--rate", "50",
              "--duration", str(round(args.idle)), "--format", "raw", "--output",
              str(args.profile_idle)], stdout=subprocess.DEVNULL)
             if args.profile_idle else None)
