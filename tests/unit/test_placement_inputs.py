@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dedicap.api.models import GPUPool
 from dedicap.controller.status.capacity import pool_status
 from dedicap.decide.cluster import ClusterState, parse_node, parse_pod, pod_gpus
@@ -82,3 +85,51 @@ def test_a_modeldeployments_own_pods_do_not_count_against_it() -> None:
     assert view.free == 5  # 8 - 2 (other md) - 1 (same name, other namespace)
     cordoned = state([node("a", 8, unschedulable=True)], [])
     assert cordoned.pool_states("t/chat")["h100"].free == 0
+
+
+def _reference_pool_states(s: ClusterState, owner: str, protected_priority: int | None
+                           ) -> dict[str, tuple[tuple[str, int, int, int], ...]]:
+    """Each pool's nodes as the owner sees them, counted from scratch."""
+    out = {}
+    for name, pool in s.pools.items():
+        rows = []
+        for n in sorted(s.pool_nodes(pool), key=lambda n: n.name):
+            used = protected = 0
+            for p in s.pods:
+                if p.node == n.name and p.holds_gpus and p.owner != owner:
+                    used += p.gpus
+                    if protected_priority is None or p.priority >= protected_priority:
+                        protected += p.gpus
+            rows.append((n.name, n.allocatable_gpus if n.schedulable else 0, used, protected))
+        out[name] = tuple(rows)
+    return out
+
+
+@given(st.lists(st.tuples(st.sampled_from(["h100", "a10g"]), st.integers(1, 8), st.booleans()),
+                min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4), st.sampled_from(["a", "b", "c"]),
+                          st.sampled_from([0, 1000])), max_size=12),
+       st.sampled_from(["", "t/a", "t/b", "t/z"]), st.sampled_from([None, 1000]))
+def test_a_pool_view_shared_by_every_placement_equals_one_counted_for_its_owner(
+        nodes: list[tuple[str, int, bool]], pods: list[tuple[int, int, str, int]], owner: str,
+        protected_priority: int | None) -> None:
+    raw_nodes = [node(f"n{i}", gpus, pool, ready=ready) for i, (pool, gpus, ready)
+                 in enumerate(nodes)]
+    raw_pods = []
+    for j, (at, gpus, md, priority) in enumerate(pods):
+        raw = pod(f"p{j}", f"n{at % len(nodes)}", gpus, md=md)
+        raw["spec"]["priority"] = priority
+        raw_pods.append(raw)
+    parsed = tuple(p for p in (parse_pod(x) for x in raw_pods) if p is not None and p.holds_gpus)
+    a10g = GPUPool.model_validate({"metadata": {"name": "a10g"}, "spec": {
+        "nodeSelector": {"dedicap.dev/pool": "a10g"},
+        "gpu": {"product": "NVIDIA-A10G", "memoryGiB": 24}}})
+    s = ClusterState({"h100": POOL, "a10g": a10g}, tuple(parse_node(n) for n in raw_nodes),
+                     parsed)
+    want = _reference_pool_states(s, owner, protected_priority)
+    # Twice, and another owner in between: what is shared between calls must not leak.
+    for _ in range(2):
+        s.pool_states("t/c", protected_priority)
+        got = s.pool_states(owner, protected_priority)
+        assert {name: tuple((n.name, n.allocatable, n.used, n.used_protected)
+                            for n in ps.nodes) for name, ps in got.items()} == want

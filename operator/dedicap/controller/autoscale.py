@@ -69,6 +69,10 @@ from dedicap.metrics.snapshot import (
 )
 from dedicap.metrics.snapshot_tokens import TokenSnapshot, observe_tokens_many
 
+# With nothing due and no ModelDeployment changed, the tick looks at them all only this often
+# (to notice a namespace another installation stopped serving).
+RESCAN_S = 5.0
+
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
@@ -229,6 +233,11 @@ class Autoscaler(BackgroundLoop):
         self._blind: dict[tuple[str, str], tuple[Any, ...]] = {}
         # When each ModelDeployment's metrics went missing (METRICS_GRACE_EVALUATIONS)
         self._missing_since: dict[tuple[str, str], float] = {}
+        # The ModelDeployments as last listed and the earliest due time among them: a second
+        # in which none is due and none changed costs nothing (at a thousand, the pass that
+        # found nothing to do was a tenth of an idle operator's work).
+        self._listed_version: int | None = None
+        self._next_due = -math.inf
 
     # ----------------------------------------------------------------- scheduling
 
@@ -241,8 +250,12 @@ class Autoscaler(BackgroundLoop):
             self._saved.clear()
             self._blind.clear()
             self._missing_since.clear()
+            self._listed_version = None
             return []
         mono = time.monotonic()
+        version = self.view.modeldeployments_version()
+        if version == self._listed_version and mono < self._next_due:
+            return []
         listed: dict[tuple[str, str], dict[str, Any]] = {}
         acting: dict[str, bool] = {}  # per namespace: this runs every second, over every MD
         for raw in self.view.modeldeployments():
@@ -257,9 +270,14 @@ class Autoscaler(BackgroundLoop):
         for key in set(self._due) - set(listed):
             self._forget(key)
         due = [(k, raw) for k, raw in listed.items() if self._due.get(k, -math.inf) <= mono]
-        if not due:
-            return []
-        return self.evaluate_all(due, mono)
+        outcomes = self.evaluate_all(due, mono) if due else []
+        # Which namespaces this installation acts for can change with the clock alone (a peer's
+        # announcement expires): asked again at the next due time, and at least every RESCAN_S.
+        self._listed_version = version
+        self._next_due = min((self._due.get(k, -math.inf) for k in listed),
+                             default=math.inf)
+        self._next_due = min(self._next_due, mono + RESCAN_S)
+        return outcomes
 
     def _forget(self, key: tuple[str, str]) -> None:
         self._due.pop(key, None)

@@ -24,6 +24,7 @@ namespace; a failed reconcile is retried with a per-key backoff.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import threading
@@ -88,6 +89,10 @@ class Dispatcher(BackgroundLoop):
         self._threads: list[threading.Thread] = []
         self._was_active = False
         self._next_resync: dict[Key, float] = {}
+        # The same due times, ordered: each second costs only what is due, not a pass over a
+        # thousand ModelDeployments (entries whose time moved or whose key went are skipped).
+        self._resync_heap: list[tuple[float, Key]] = []
+        self._phased_version: int | None = None
         self.reconciles = 0
         self.failures = 0
 
@@ -200,18 +205,34 @@ class Dispatcher(BackgroundLoop):
         if active and not self._was_active:
             log.info("acting: reconciling every served ModelDeployment")
             self._next_resync.clear()
+            self._resync_heap.clear()
+            self._phased_version = None
             self._enqueue(self.view.modeldeployments())
         self._was_active = active
         if not active:
             return
-        for md in self.view.modeldeployments():
-            key = _key(md)
-            due = self._next_resync.get(key)
-            if due is None:
-                self._next_resync[key] = now + random.uniform(0, self.resync_s)
-            elif due <= now:
-                self._next_resync[key] = now + self.resync_s
-                self.queue.add(key)
+        version = self.view.modeldeployments_version()
+        if version != self._phased_version:
+            # New ones get a random phase, so that they spread out.
+            self._phased_version = version
+            for md in self.view.modeldeployments():
+                key = _key(md)
+                if key not in self._next_resync:
+                    self._schedule(key, now + random.uniform(0, self.resync_s))
+        heap = self._resync_heap
+        while heap and heap[0][0] <= now:
+            due, key = heapq.heappop(heap)
+            if self._next_resync.get(key) != due:
+                continue  # forgotten, or scheduled again since
+            if self.view.modeldeployment(*key) is None:
+                self._next_resync.pop(key, None)
+                continue
+            self._schedule(key, now + self.resync_s)
+            self.queue.add(key)
+
+    def _schedule(self, key: Key, due: float) -> None:
+        self._next_resync[key] = due
+        heapq.heappush(self._resync_heap, (due, key))
 
     # ----------------------------------------------------------------- workers
 

@@ -179,6 +179,11 @@ class ClusterView:
     def modeldeployments(self) -> list[dict[str, Any]]:
         return self.informers["ModelDeployment"].values()
 
+    def modeldeployments_version(self) -> int:
+        """Moves whenever a ModelDeployment is added, removed or changed: the loops that look
+        at every one of them each second do so only then (or when one of them is due)."""
+        return self.informers["ModelDeployment"].generation
+
     def pods_of(self, namespace: str, md: str) -> list[PodInfo]:
         return self.informers["Pod"].by_index((namespace, md))
 

@@ -19,7 +19,7 @@ autoscaler share; the controller's watch-backed view builds it without any API r
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -242,6 +242,12 @@ class ClusterState:
                 for name, p in self.pools.items()}
 
     def pool_figures(self, name: str) -> PoolFigures:
+        cache: dict[str, PoolFigures] = self.__dict__.setdefault("_figures_cache", {})
+        if name not in cache:
+            cache[name] = self._pool_figures(name)
+        return cache[name]
+
+    def _pool_figures(self, name: str) -> PoolFigures:
         nodes = self.pool_nodes(self.pools[name])
         names = {n.name for n in nodes}
         used: dict[str, int] = {}
@@ -263,19 +269,53 @@ class ClusterState:
         placement it already has stays feasible. Pods at or above `protected_priority` cannot
         be preempted (None: none can)."""
         usage = self._usage(protected_priority)
+        shared = self._shared_pool_states(protected_priority)
         mine = usage.by_owner.get(exclude_owner, {}) if exclude_owner else {}
+        if not mine:
+            return dict(shared)
+        # Only the nodes holding the owner's own replicas differ from the shared view.
+        out = {}
+        for name, state in shared.items():
+            where = self._node_index[name]
+            held = [(where[node], gpus) for node, gpus in mine.items() if node in where]
+            if not held:
+                out[name] = state
+                continue
+            nodes = list(state.nodes)
+            for i, (own_used, own_protected) in held:
+                n = nodes[i]
+                nodes[i] = replace(n, used=n.used - own_used,
+                                   used_protected=n.used_protected - own_protected)
+            out[name] = replace(state, nodes=tuple(nodes))
+        return out
+
+    @cached_property
+    def _node_index(self) -> dict[str, dict[str, int]]:
+        """Per pool, each member node's position in its PoolState (sorted by name)."""
+        return {name: {n.name: i for i, n in enumerate(sorted(members, key=lambda n: n.name))}
+                for name, members in self._members.items()}
+
+    def _shared_pool_states(self, protected_priority: int | None) -> dict[str, PoolState]:
+        """The pools with every pod counted: what a ModelDeployment with no replica yet sees,
+        and what the others' views are patched from (a thousand placements of one state
+        share it)."""
+        cache: dict[int | None, dict[str, PoolState]] = self.__dict__.setdefault(
+            "_pool_states_cache", {})
+        if protected_priority in cache:
+            return cache[protected_priority]
+        usage = self._usage(protected_priority)
         out = {}
         for name, pool in self.pools.items():
             nodes = []
             for n in sorted(self._members[name], key=lambda n: n.name):
                 used, protected = usage.by_node.get(n.name, (0, 0))
-                own_used, own_protected = mine.get(n.name, (0, 0))
                 nodes.append(NodeState(n.name, n.zone, n.allocatable_gpus if n.schedulable else 0,
-                                       used - own_used, protected - own_protected))
+                                       used, protected))
             out[name] = PoolState(
                 name, pool.spec.gpu.memory_gib, tuple(nodes), pool.spec.price_per_gpu_hour,
                 pool.spec.currency,
                 ready_nodes=sum(1 for n in self._members[name] if n.schedulable))
+        cache[protected_priority] = out
         return out
 
 
