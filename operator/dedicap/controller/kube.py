@@ -100,6 +100,15 @@ class KubeError(Exception):
     def unreachable(self) -> bool:
         return self.status == 0
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """403 from the NamespaceLifecycle admission: nothing new may be created in a namespace
+        being deleted."""
+        details = self.body.get("details") if isinstance(self.body, dict) else None
+        causes = (details or {}).get("causes") or [] if isinstance(details, dict) else []
+        return self.status == 403 and any(
+            isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
 
 # What the client raises when the API server does not answer: urllib3's errors (refused,
 # reset, timeouts, TLS; MaxRetryError wraps the first ones), the client's own status-0

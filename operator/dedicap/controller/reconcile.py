@@ -181,6 +181,10 @@ class Reconciler:
             except KubeError as err:
                 if err.unreachable:
                     raise  # retried with backoff; nothing to report that is true
+                if err.namespace_terminating:
+                    # The namespace goes, and the ModelDeployment with it: its children are
+                    # being removed on purpose, not to be put back or reported as a failure.
+                    return Outcome()
                 problem = Problem("ApplyFailed", f"the API server refused a child: {err}")
             else:
                 actions, waiting = merge_created(result.actions), result.waiting_to_delete
