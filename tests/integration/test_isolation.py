@@ -315,9 +315,15 @@ def test_a_quiet_fleet_costs_no_api_write(
     for name in names[:2]:
         wait_for(lambda n=name: condition(status(stack, namespace, n), "MetricsAvailable")
                  .get("status") == "True", f"{name}'s metrics flowing", timeout=90)
-    # Settled: its figures written once; from now on nothing changes.
+    # Settled: its figures written once; from now on nothing changes. Earlier tests' namespaces
+    # are gone first: their ModelDeployments' status follows their teardown (an API write).
     wait_for(lambda: all(status(stack, namespace, n).get("observed") for n in names[:2]),
              "observed figures written", timeout=60)
+    wait_for(lambda: not [ns for ns in kget(stack, "namespaces")["items"]
+                          if ns["metadata"]["name"].startswith(PREFIX)
+                          and ns["metadata"]["name"] != namespace
+                          and ns["metadata"].get("deletionTimestamp")],
+             "earlier tests' namespaces deleted", timeout=180)
     writes = _writes_now(operator)
     evaluations = {n: decisions(operator, namespace, n) for n in names[:2]}
     reconciles = _counter(operator, "dedicap_reconcile_duration_seconds_count")
