@@ -233,9 +233,7 @@ def live_autoscaler(stack: Any, log_dir: Path, namespaces: str, peering: str,
     CRDs and the example pools: it serves `namespaces` (a glob) with a peering object of its
     own, reads the stack's Prometheus (scraped every 2 s) over a 20-s window, evaluates every
     `eval_s` seconds and assumes replicas start in 10 s."""
-    stack.kubectl("apply", "-f", str(ROOT / "crds"))
-    stack.wait_established("modeldeployments.dedicap.dev", "gpupools.dedicap.dev")
-    stack.kubectl("apply", "-f", str(ROOT / "deploy" / "examples" / "gpupools.yaml"))
+    install_api(stack)
     return OperatorProcess(
         stack, log_dir,
         ["--namespace", namespaces, "--peering-lifetime", "10",

@@ -28,18 +28,12 @@ from testkit import OperatorProcess, SimPool, install_api, kget, release_operato
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "deploy" / "examples"
 PREFIX = "dcp-iso"
-
-
-def _prepare(stack: Any) -> None:
-    install_api(stack)
 
 
 @pytest.fixture(scope="module")
 def operator(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    _prepare(stack)
+    install_api(stack)
     op = OperatorProcess(stack, tmp_path_factory.mktemp("isolation"), [
         "--namespace", f"{PREFIX}-*", "--peering-lifetime", "6", "--resync-seconds", "5",
         "--prometheus-url", stack.prometheus_url, "--evaluation-interval", "2",

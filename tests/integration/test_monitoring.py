@@ -37,7 +37,6 @@ from testkit import OperatorProcess, install_api, kget, release_operator_state, 
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 EVAL_S = 5
 TARGET_MS = 300.0
 # hot: at most ~29 req/s per replica (batches of 4, 100 ms + 10 ms per request).

@@ -274,9 +274,7 @@ class Autoscaler(BackgroundLoop):
         # Which namespaces this installation acts for can change with the clock alone (a peer's
         # announcement expires): asked again at the next due time, and at least every RESCAN_S.
         self._listed_version = version
-        self._next_due = min((self._due.get(k, -math.inf) for k in listed),
-                             default=math.inf)
-        self._next_due = min(self._next_due, mono + RESCAN_S)
+        self._next_due = min([*(self._due.get(k, -math.inf) for k in listed), mono + RESCAN_S])
         return outcomes
 
     def _forget(self, key: tuple[str, str]) -> None:
