@@ -5,6 +5,7 @@ reaches every replica; a pod that goes away takes its process with it."""
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,9 +31,11 @@ def namespace(stack: stk.Stack) -> Iterator[str]:
     stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def model_pods(name: str, replicas: int) -> dict[str, Any]:
+def model_pods(name: str, replicas: int, prestop_s: int | None = None) -> dict[str, Any]:
     """Pods as the operator renders them: labelled with their ModelDeployment and pool, bound
-    to h100 GPU nodes, running Triton with --load-model."""
+    to h100 GPU nodes, running Triton with --load-model (and a preStop pause, if given)."""
+    lifecycle = ({} if prestop_s is None
+                 else {"lifecycle": {"preStop": {"sleep": {"seconds": prestop_s}}}})
     labels = {"app": name, "dedicap.dev/modeldeployment": MD, "dedicap.dev/pool": "h100"}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -53,6 +56,7 @@ def model_pods(name: str, replicas: int) -> dict[str, Any]:
                         "args": ["tritonserver", "--model-repository=s3://models",
                                  "--model-control-mode=explicit", f"--load-model={MD}-v1"],
                         "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        **lifecycle,
                     }],
                 },
             },
@@ -122,3 +126,39 @@ def test_a_tritonserver_per_running_pod(stack: stk.Stack, namespace: str) -> Non
                "every process to stop", timeout=90)
     wait_for(lambda: not dp.endpoints_file(stack.run_dir, namespace, MD).exists(),
                "the endpoints to go", timeout=90)
+
+
+def served(handle: triton.TritonHandle) -> float:
+    """Requests the server answered so far, from its own metrics page."""
+    with urllib.request.urlopen(handle.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nv_inference_request_success{"))
+
+
+def test_a_scale_down_under_load_loses_no_request(stack: stk.Stack, namespace: str) -> None:
+    """Replicas removed while clients call: they leave the endpoints first and stop after their
+    preStop pause, so no request is sent to a server that is gone."""
+    stack.kubectl("apply", "-n", namespace, "-f", "-",
+                  input=json.dumps(model_pods("chat", 3, prestop_s=3)))
+    wait_for(lambda: len(dp.read_endpoints(stack.run_dir, namespace, MD)) == 3,
+             "3 replicas routed", timeout=120)
+    endpoints = loadgen.endpoints_for(namespace, MD, stack.run_dir)
+    load = loadgen.Background(endpoints, [loadgen.Step(120, 30)], seed=5, timeout_s=10)
+    handles = [h for h in triton.list_instances(stack.run_dir)
+               if h.name.startswith(f"pod.{namespace}.")]
+    wait_for(lambda: all(served(h) > 0 for h in handles), "every replica serving the load",
+             timeout=60)
+    stack.kubectl("scale", "deployment", "-n", namespace, "chat", "--replicas=1")
+
+    def one_left() -> bool:
+        return (len(dp.read_endpoints(stack.run_dir, namespace, MD)) == 1
+                and sum(h.name.startswith(f"pod.{namespace}.")
+                        for h in triton.list_instances(stack.run_dir)) == 1)
+
+    wait_for(one_left, "the removed replicas drained and stopped", timeout=90)
+    assert load.running(), "the load outlasted the scale-down"
+    report = load.stop()
+    assert report.sent > 100, report.summary()
+    assert report.failed == 0 and report.no_endpoints == 0, report.summary()
+    assert len(report.per_endpoint) == 3, "every replica took load before it went"

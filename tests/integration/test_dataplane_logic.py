@@ -18,7 +18,7 @@ from dedicap_local import prometheus, triton
 def pod(name: str, *, ns: str = "acme", md: str = "bot", phase: str = "Running",
         node: str | None = "h100-0", uid: str | None = None, deleting: bool = False,
         args: list[str] | None = None, annotations: dict[str, str] | None = None,
-        labels: dict[str, str] | None = None) -> dict[str, Any]:
+        labels: dict[str, str] | None = None, prestop_s: int | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name, "namespace": ns, "uid": uid or f"uid-{name}",
         "labels": {"dedicap.dev/modeldeployment": md, **(labels or {})},
@@ -29,6 +29,8 @@ def pod(name: str, *, ns: str = "acme", md: str = "bot", phase: str = "Running",
     spec: dict[str, Any] = {"containers": [
         {"name": "triton", "args": args if args is not None else ["tritonserver",
                                                                    f"--load-model={md}-model"]}]}
+    if prestop_s is not None:
+        spec["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": prestop_s}}}
     if node:
         spec["nodeName"] = node
     return {"metadata": meta, "spec": spec, "status": {"phase": phase}}
@@ -139,6 +141,40 @@ def test_reconcile_runs_adopts_retunes_and_stops_real_servers(run_dir: Path) -> 
     plane.reconcile([])
     assert triton.list_instances(run_dir) == []
     assert not dp.endpoints_file(run_dir, "acme", "bot").exists()
+    plane.close()
+
+
+@pytest.mark.integration
+def test_a_removed_replica_leaves_the_endpoints_first_and_stops_after_its_prestop_pause(
+        run_dir: Path) -> None:
+    fast = {"dedicap.dev/sim-base-ms": "1", "dedicap.dev/sim-per-item-ms": "0"}
+    pods = [pod("a", annotations=fast, prestop_s=3), pod("b", annotations=fast, node="h100-1")]
+    assert [d.drain_s for d in dp.desired_instances(pods, {}).values()] == [3.0, 0.0]
+    plane = dp.DataPlane(run_dir)
+    plane.reconcile(pods)
+    plane.wait_idle(120)
+    plane.reconcile(pods)
+    assert [e["pod"] for e in dp.read_endpoints(run_dir, "acme", "bot")] == ["a", "b"]
+    handle = triton.find_triton(run_dir, "pod.acme.a")
+    assert handle is not None
+
+    # Both pods go (kwok removes a deleted pod's object at once): the one without a pause
+    # stops; the other is out of the endpoints but still answers, until its pause is over.
+    plane.reconcile([])
+    assert "a" not in [e["pod"] for e in dp.read_endpoints(run_dir, "acme", "bot")]
+    plane.wait_idle(60)
+    assert dp.read_endpoints(run_dir, "acme", "bot") == []
+    assert [h.name for h in triton.list_instances(run_dir)] == ["pod.acme.a"]
+    assert handle.model_ready()
+
+    def stopped() -> bool:
+        plane.reconcile([])
+        plane.wait_idle(60)
+        return not triton.list_instances(run_dir) and not dp.endpoints_file(
+            run_dir, "acme", "bot").exists()
+
+    wait(stopped, "the drained replica to stop", timeout=60)
+    assert not prometheus.list_targets(run_dir)
     plane.close()
 
 

@@ -10,7 +10,10 @@ simulated GPU replica of models/simulated_replica.py). Once the model is ready i
 - lists the replica in `run_dir/dataplane/endpoints/<namespace>.<modeldeployment>.json`, the
   local stand-in for the Service's endpoints that the load generator reads.
 
-A pod that is deleted, terminating or no longer Running loses its process, target and endpoint.
+A pod that is deleted, terminating or no longer Running loses its endpoint at once and its
+process and target after its Triton container's preStop pause (`lifecycle.preStop.sleep`), as a
+kubelet runs it while the endpoints controller takes the pod out of its Service: requests that
+clients still send in the meantime are served.
 The loop also reconciles periodically, and a restarted data plane adopts the processes it left
 running (their state is kept under `run_dir/dataplane/instances`), so it converges after a crash.
 
@@ -76,6 +79,7 @@ class Desired:
     node: str
     spec: triton.ModelSpec
     ip: str = ""  # the pod's address (status.podIP); empty: none assigned
+    drain_s: float = 0.0  # the preStop pause: how long it serves once out of the endpoints
 
     def labels(self) -> dict[str, str]:
         labels = {"namespace": self.namespace, "pod": self.pod,
@@ -166,8 +170,24 @@ def desired_instances(pods: Iterable[Mapping[str, Any]], sim: Mapping[str, Any],
         out[key] = Desired(key=key, uid=str(meta.get("uid", "")), namespace=str(meta["namespace"]),
                            pod=str(meta["name"]), modeldeployment=str(labels[MD_LABEL]),
                            pool=pool, node=node, spec=sim_spec(pod, pool, sim),
-                           ip=str((pod.get("status") or {}).get("podIP") or ""))
+                           ip=str((pod.get("status") or {}).get("podIP") or ""),
+                           drain_s=prestop_sleep(pod))
     return out
+
+
+def prestop_sleep(pod: Mapping[str, Any]) -> float:
+    """Seconds of the Triton container's preStop sleep (0: none). Kept from when the pod served,
+    since kwok removes a deleted pod's object at once, where a kubelet would run its preStop."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    for container in containers:
+        if container.get("name") != "triton" and len(containers) > 1:
+            continue
+        sleep = (((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {})
+        try:
+            return max(float(sleep.get("seconds", 0)), 0.0)
+        except (TypeError, ValueError):
+            return 0.0
+    return 0.0
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -261,6 +281,7 @@ class Instance:
     desired: Desired
     handle: triton.TritonHandle | None = None
     ready: bool = False
+    drain_until: float | None = None  # out of the endpoints, serving until then (monotonic)
 
 
 class DataPlane:
@@ -276,6 +297,7 @@ class DataPlane:
         self._pods = pods
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
         self._busy: set[str] = set()
         self._backoff: dict[str, float] = {}
@@ -327,6 +349,8 @@ class DataPlane:
                 continue
             target = want.get(key)
             if target is None:
+                if self._draining(inst, now):
+                    continue
                 self._submit(key, self._stop, key)
                 continue
             crashed = inst.handle is not None and inst.handle.pid is None
@@ -352,6 +376,20 @@ class DataPlane:
             serving = {k for k, inst in self.snapshot().items() if inst.ready}
             for namespace, pod, ready in readiness_changes(pods, serving):
                 self._pods.set_ready(namespace, pod, ready)  # logged, retried next pass
+
+    def _draining(self, inst: Instance, now: float) -> bool:
+        """Whether a replica whose pod went away still serves its preStop pause: out of the
+        endpoints from the first pass that sees it go (the pass writes them), stopped by the
+        first pass after the pause (passes run at least every tick)."""
+        if inst.handle is None or inst.desired.drain_s <= 0.0:
+            return False
+        with self._lock:
+            if inst.drain_until is None:
+                inst.drain_until = now + inst.desired.drain_s
+                inst.ready = False
+                LOG.info("%s/%s: out of the endpoints, serving %.0fs more before it stops",
+                         inst.desired.namespace, inst.desired.pod, inst.desired.drain_s)
+            return now < inst.drain_until
 
     def _submit(self, key: str, fn: Any, arg: Any) -> None:
         with self._lock:
@@ -447,6 +485,12 @@ class DataPlane:
         _atomic_write(self._state_dir / f"{desired.key}.json", json.dumps(data, indent=1) + "\n")
 
     def _write_endpoints(self) -> None:
+        # One writer at a time, each reading the state when it holds the lock: a pass that read
+        # a replica as ready must not write after the stop that withdrew it (and stopped it).
+        with self._write_lock:
+            self._write_endpoints_now()
+
+    def _write_endpoints_now(self) -> None:
         by_md: dict[tuple[str, str], list[dict[str, str]]] = {}
         with self._lock:
             instances = list(self._instances.values())

@@ -38,6 +38,10 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_MOUNT = "/models"
 # Triton runs as this unprivileged user (the NGC image's `triton-server` user).
 TRITON_UID = 1000
+# A removed replica keeps serving this long after it left the endpoints (its preStop pause):
+# longer than endpoint propagation to proxies and clients (about a second), shorter than
+# anything that matters for cost.
+DRAIN_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,11 @@ def pod_template(md: ModelDeployment, plan: DeploymentPlan, pool: GPUPoolSpec,
                                max(1, math.ceil(spec.triton.startup_timeout_seconds / period))),
         "readinessProbe": _probe(ready_path, 5, 3),
         "livenessProbe": _probe("/v2/health/live", 15, 4, timeout=5),
+        # A replica being removed leaves the Service's endpoints while its kubelet stops it, in
+        # parallel: without a pause, the requests that clients and proxies still send it in
+        # the second or two before they notice fail. Triton then finishes the requests in
+        # flight on SIGTERM; the grace period covers both.
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -226,6 +235,7 @@ def pod_template(md: ModelDeployment, plan: DeploymentPlan, pool: GPUPoolSpec,
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        # the drain, then Triton's wait for the requests in flight (its --exit-timeout-secs, 30)
         "terminationGracePeriodSeconds": 60,
         "nodeSelector": dict(sorted(pool.node_selector.items())),
         "tolerations": [t.k8s() for t in pool.tolerations],
