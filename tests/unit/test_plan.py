@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -114,3 +115,25 @@ def test_benchmark_quick_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str
     for r in lower:
         assert r["gpu_hours"] <= oracle[r["scenario"]]["gpu_hours"] + 1e-9
     assert (out / "autoscaler-quick-pareto.png").exists()
+
+
+def test_a_history_starts_on_the_fleet_the_policy_settles_on_not_its_first_belief() -> None:
+    """A short, flat history and a replica whose knee (0.9 of its saturated rate) is too
+    optimistic at the SLO: two replicas by that belief miss, the policy learns within the first
+    minute and holds three. The scored run starts on three, so the plan's first minute is not
+    a cold start's miss (the replica learned from a live deployment's metrics, where `dedicap
+    plan` recommended nothing for lack of a first minute)."""
+    from dedicap.sim.service import ServiceModel
+    from dedicap.sim.traces import Trace
+
+    replica = ServiceModel(name="learned", t0=0.0616, t1=0.0265, max_batch=4,
+                           max_queue_delay=0.002, queue_timeout=1.0)
+    trace = Trace(name="flat", duration=140.0, rate_t=np.array([0.0, 140.0]),
+                  rate=np.array([40.0, 40.0]))
+    args = argparse.Namespace(slo=(95.0, 400.0), engine="exact", min_replicas=1,
+                              max_replicas=10, error_rate=0.01, startup=10.0,
+                              gpus_per_replica=1, seed=0)
+    assert math.ceil(40.0 / (0.9 * replica.capacity())) == 2  # the first belief
+    three = plan._run(trace, args, replica, 3, 1.0, progress=False)
+    assert three.minute_held[0] == 3
+    assert three.met == three.scored

@@ -228,8 +228,24 @@ def _run(trace: Trace, args: argparse.Namespace, service: ServiceModel, limit: i
         latency_target_ms=target, error_rate_max=args.error_rate, startup_delay_s=args.startup,
         max_batch_size=service.max_batch, max_queue_delay_ms=1000.0 * service.max_queue_delay,
     )
+    cfg = replace(cfg, initial_replicas=settled_start(trace, policy, cfg, limit))
     return score_gaps(simulate(trace, PolicyScaler(policy, replica_limit=limit), cfg),
                       trace.gaps)
+
+
+WARM_UP_S = 180.0
+
+
+def settled_start(trace: Trace, policy: PolicyConfig, cfg: SimConfig, limit: int | None) -> int:
+    """The fleet to start the scored run with: where the policy settles on the trace's first
+    minutes, starting from `cfg.initial_replicas`. A history is a window of a service that was
+    already running; a fleet sized by the policy's first belief about a replica (the knee of a
+    capacity learned from a few minutes of metrics) can be short for the first minutes, which
+    would then be scored as a miss of the plan rather than of a cold start."""
+    head = replace(trace, duration=min(trace.duration, WARM_UP_S), gaps=None)
+    res = simulate(head, PolicyScaler(policy, replica_limit=limit), replace(cfg, progress=False))
+    settled = res.scale_events[-1].new if res.scale_events else cfg.initial_replicas
+    return max(settled, 1) if limit is None else max(min(settled, limit), 1)
 
 
 def score_gaps(res: SimResult, gaps: np.ndarray | None) -> SimResult:
