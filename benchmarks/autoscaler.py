@@ -478,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--only", default=None, help="comma-separated scenario keys")
+    ap.add_argument("--families", default=None,
+                    help="comma-separated scaler families to run (e.g. dedicap); the others "
+                         "come from --baselines-from")
+    ap.add_argument("--baselines-from", metavar="JSON", default=None,
+                    help="with --families: the other families' rows from this results JSON "
+                         "(valid while the simulator and traces are unchanged: a policy change "
+                         "reruns dedicap in minutes instead of every baseline)")
     ap.add_argument("--exact-everywhere", action="store_true",
                     help="use the exact engine for the 20 s / 180 s start-up runs too")
     ap.add_argument("--report-only", metavar="JSON",
@@ -485,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.report_only:
         return rerender(args.report_only)
+    if (args.families is None) != (args.baselines_from is None):
+        ap.error("--families and --baselines-from go together")
     t_start = time.perf_counter()
     opts = Options(traces=args.traces, azure_scale=args.azure_scale,
                    servegen_scale=args.servegen_scale, quick=args.quick)
@@ -534,6 +543,14 @@ def main(argv: list[str] | None = None) -> int:
                     jobs.append({"opts": opts, "scenario": rsc, "startup": 60.0, "family": fam,
                                  "param": None, "nstar": nstar.tolist(),
                                  "initial": int(nstar[:2].max())})
+    kept: list[dict[str, Any]] = []
+    if args.families:
+        families = set(args.families.split(","))
+        jobs = [j for j in jobs if j["family"] in families]
+        old = json.loads(Path(args.baselines_from).read_text())
+        keys = {sc.key for sc in scs} | {k for k in meta if "/" in k}
+        kept = [r for r in (*old["runs"], *old.get("noise", []))
+                if r["family"] not in families and r["scenario"] in keys]
     print(f"{len(jobs)} simulations on {args.workers} worker(s)...", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     if args.workers > 1:
@@ -544,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {i + 1}/{len(jobs)}", file=sys.stderr)
     else:
         rows = [run_job(j) for j in jobs]
+    rows += kept
     noise = [r for r in rows if r["kind"] == "noise"]
     rows = [r for r in rows if r["kind"] != "noise"]
     speed = speed_check(opts) if not args.quick else None
