@@ -408,3 +408,49 @@ def test_a_stale_quantile_over_shallow_queues_does_not_cut_the_gain() -> None:
     d = decide(CFG, w, state, t)
     assert d.state.gain == state.gain
     assert "one step up" not in d.reason
+
+
+def test_a_steady_replica_that_breaks_records_the_load_it_broke_at() -> None:
+    now = 0.0
+    state = PolicyState()
+    for _ in range(8):
+        now += 15.0
+        state = decide(CFG, served_window(now, 650, 1), state, now).state
+    assert state.breach_rps == 0.0
+    now += 15.0
+    state = decide(CFG, served_window(now, 720, 1, latency_ms=300.0, queue_depth=200.0),
+                   state, now).state
+    assert state.breach_rps == 720.0 and state.breach_t == now
+    # a breach while replicas start is the fleet catching up, not a replica's limit
+    now += 15.0
+    state = decide(CFG, served_window(now, 700, 1, latency_ms=300.0, queue_depth=200.0,
+                                      starting=1), state, now).state
+    assert state.breach_rps == 720.0
+
+
+def test_no_scale_down_back_to_a_load_per_replica_where_the_capacity_broke() -> None:
+    """The capacity is a belief; a steady replica that broke at a load says more. Two replicas
+    at 600 req/s, which the belief gives to one: with no evidence they go down to one, after
+    one replica broke at 600 req/s they stay two."""
+
+    def settle(state: PolicyState) -> tuple[int, str]:
+        now, current, reason = 0.0, 2, ""
+        for _ in range(30):  # past the stabilization window
+            now += 15.0
+            d = decide(CFG, served_window(now, 600, current, latency_ms=30.0), state, now)
+            state, current, reason = d.state, d.replicas, d.reason
+            assert d.capacity_rps > 600.0  # the belief: one replica would do
+        return current, reason
+
+    assert settle(PolicyState())[0] == 1
+    held, why = settle(PolicyState(breach_rps=600.0, breach_t=0.0))
+    assert held == 2 and "broke at 600 req/s" in why
+
+
+def test_a_met_window_above_the_recorded_breach_clears_it() -> None:
+    now = 100.0
+    state = PolicyState(breach_rps=400.0, breach_t=now)
+    for _ in range(3):
+        now += 15.0
+        state = decide(CFG, served_window(now, 500, 1, latency_ms=30.0), state, now).state
+    assert state.breach_rps == 0.0 and state.breach_t is None

@@ -176,6 +176,10 @@ class PolicyState:
     recent: tuple[tuple[float, float], ...] = ()  # (time, offered rate) over one start-up
     saturated_rps: float = 0.0  # per-replica throughput measured while queues overflowed
     saturated_t: float | None = None
+    # the lowest per-replica offered rate at which a steady fleet's capacity broke (deep
+    # queues or rejections); 0: none on record. Scale-down never goes back above its knee.
+    breach_rps: float = 0.0
+    breach_t: float | None = None
     since: float | None = None  # first evaluation with fresh data
     recommendations: tuple[tuple[float, int], ...] = ()
     history: tuple[tuple[float, int], ...] = ()  # (time, desired) for step limits
@@ -219,6 +223,8 @@ class PolicyState:
             recent=tuple((float(t), float(r)) for t, r in d.get("recent", [])),
             saturated_rps=float(d.get("saturated_rps", 0.0)),
             saturated_t=d.get("saturated_t"),
+            breach_rps=float(d.get("breach_rps", 0.0)),
+            breach_t=d.get("breach_t"),
             since=d.get("since"),
             recommendations=tuple((float(t), int(n)) for t, n in d.get("recommendations", [])),
             history=tuple((float(t), int(n)) for t, n in d.get("history", [])),
@@ -247,10 +253,11 @@ def _check_state(d: Any) -> None:
     if not isinstance(d, dict):
         raise ValueError(f"the state is a {type(d).__name__}, not an object")
     for name, lo, hi in (("gain", 1e-3, 1e3), ("budget", 1e-3, 1e3), ("peak", 0.0, math.inf),
-                         ("saturated_rps", 0.0, math.inf)):
+                         ("saturated_rps", 0.0, math.inf), ("breach_rps", 0.0, math.inf)):
         if name in d:
             _number(d[name], name, lo, hi)
-    for name in ("peak_t", "last_jump_t", "last_burst_t", "saturated_t", "since", "last_eval",
+    for name in ("peak_t", "last_jump_t", "last_burst_t", "saturated_t", "breach_t", "since",
+                 "last_eval",
                  "verdict_t", "last_queue", "last_queue_t", "last_ready"):
         if d.get(name) is not None:
             _number(d[name], name)
@@ -487,6 +494,27 @@ def decide(
               and rejected_ratio == 0.0):
             # comfortably within the SLO at high load: the fit is conservative, creep back up
             gain = min(1.0, gain * 1.01)
+    # The scale-down's evidence: the per-replica load at which a steady fleet's capacity broke
+    # under a steady load.
+    # The capacity above is a belief (a fit of batch times); this is what the replicas did. A
+    # met window at a higher load, steady, proves it a fluke and clears it.
+    breach_rps, breach_t = state.breach_rps, state.breach_t
+    if breach_t is not None and now - breach_t > 2.0 * config.capacity_half_life_s:
+        breach_rps, breach_t = 0.0, None
+    if _finite(per_replica) and starting == 0 and steady and steady_load:
+        # (a breach within a burst says what the burst needed, which the burst memory holds)
+        capacity_breach = reject_breach or (latency_breach and queue_now > ready * batch_cap)
+        # at the load the replicas had: a burst shorter than the rate window shows in the
+        # short one (a window's average would blame the burst on the quiet before it)
+        fast_now = fast_arrivals(window)
+        at = max(offered, fast_now) / ready if _finite(fast_now) else per_replica
+        if capacity_breach and at > 0.0:
+            if breach_rps <= 0.0 or at < breach_rps:
+                breach_rps, breach_t = at, now
+        elif (breach_rps > 0.0 and not breach and _finite(lat) and per_replica > breach_rps
+              and steady_load):
+            breach_rps, breach_t = 0.0, None
+    state = replace(state, breach_rps=breach_rps, breach_t=breach_t)
     # the error budget moves its own, slow factor: the fast creep above must not undo it
     budget, verdict_t = state.budget, state.verdict_t
     if (config.miss_budget > 0.0 and cap is not None and _finite(per_replica)
@@ -590,6 +618,15 @@ def decide(
             if floor > need:
                 need = floor
                 why += f"; kept for {recent_max:.0f} req/s seen within one start-up delay"
+            if state.breach_rps > 0.0:
+                # nor back to a load per replica where the capacity broke (at its knee): a
+                # scale-down is the one move that tests the belief with the SLO at stake
+                safe = state.breach_rps * config.utilization
+                held = min(math.ceil(recent_max / safe - 1e-9), current)
+                if held > need:
+                    need = held
+                    why += (f"; kept: the latency broke at {state.breach_rps:.0f} req/s "
+                            "per replica")
     # Panic (in the spirit of Knative's): the fast path sees arrivals beyond what the ready
     # replicas serve at the SLO, or a backlog beyond a batch per replica that takes longer
     # than half the latency target to work off (Little's law: the queue over the rate it is
