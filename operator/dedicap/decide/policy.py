@@ -49,7 +49,8 @@ Algorithm
      over the error budget) with nothing already starting, at least one more. BACKEND failures
      are reported, never scaled for.
   5. Behaviour: scale up at once (step limit per period); scale down only on fresh, healthy
-     data, to the highest recommendation of the stabilization window, within the step limit.
+     data, never back to a load per replica where a steady fleet's capacity broke (at the knee
+     of it), to the highest recommendation of the stabilization window, within the step limit.
   6. Clamp to [min, max] and to the reservation limit (the limit wins over min).
 """
 
