@@ -293,6 +293,10 @@ class Bench:
             from dedicap_local.cli import build
 
             build()
+            # from an empty cluster, as the tests start: what another run left (the demo's
+            # tenants and their pods) would share the cores, and kwok, whose address pool is
+            # in memory, hands a restarted stack's old pods' addresses to new pods
+            stk.down(self.stack, purge=True)
         stk.up(self.stack)
         chart.install_cluster_objects(self.stack)
         self.stack.kubectl("apply", "-f", str(ROOT / "crds"))

@@ -301,6 +301,7 @@ class DataPlane:
         self._instances: dict[str, Instance] = {}
         self._busy: set[str] = set()
         self._backoff: dict[str, float] = {}
+        self._address_clash: set[str] = set()  # warned of once
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="triton")
         self._state_dir = dataplane_dir(run_dir) / "instances"
         self._state_dir.mkdir(parents=True, exist_ok=True)
@@ -368,7 +369,15 @@ class DataPlane:
         for key, target in want.items():
             if key in current or key in busy or self._backoff.get(key, 0.0) > now:
                 continue
-            if held.get(target.ip, key) != key:
+            holder = held.get(target.ip, key)
+            if holder != key:
+                if holder not in want:
+                    continue  # that pod is going: its server stops, then ours starts
+                if key not in self._address_clash:
+                    self._address_clash.add(key)
+                    LOG.warning("%s/%s has %s, the address of running %s: not started until "
+                                "it is free (kwok, restarted over running pods, reuses "
+                                "addresses)", target.namespace, target.pod, target.ip, holder)
                 continue
             self._submit(key, self._start, target)
         self._write_endpoints()
