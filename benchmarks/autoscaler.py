@@ -570,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs({"meta": meta, "runs": rows, "speed": speed, "wall_s": wall,
                    "noise": noise,
                    "workers": args.workers, "cores": os.cpu_count(), "quick": args.quick,
+                   "rerun": ({"families": args.families,
+                              "baselines_from": Path(args.baselines_from).name}
+                             if args.families else None),
                    "azure_scale": opts.azure_scale, "servegen_scale": opts.servegen_scale},
                   Path(args.out), name)
     return 0
@@ -590,7 +593,8 @@ def write_outputs(data: dict[str, Any], out: Path, name: str, save_json: bool = 
         "rate window 60 s. Ratios are GPU-hours over the oracle with start-up, the lower bound "
         "and static peak provisioning.",
         f"Benchmark wall time: {wall:.0f} s on {data['cores']} cores, {data['workers']} "
-        "worker(s).",
+        "worker(s)." + (f" Only {data['rerun']['families']} rerun; the other rows from "
+                        f"{data['rerun']['baselines_from']}." if data.get("rerun") else ""),
     ]
     if speed:
         header.append(f"Speed: Azure x50 one hour ({speed['requests']:.0f} requests, exact engine, "
