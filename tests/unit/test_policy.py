@@ -454,3 +454,16 @@ def test_a_met_window_above_the_recorded_breach_clears_it() -> None:
         now += 15.0
         state = decide(CFG, served_window(now, 500, 1, latency_ms=30.0), state, now).state
     assert state.breach_rps == 0.0 and state.breach_t is None
+
+
+def test_a_vanishing_recorded_breach_holds_instead_of_overflowing() -> None:
+    # a breach recorded at a load that underflows (a token policy's units, say) makes the
+    # count it asks for infinite: the scale-down holds rather than raising
+    state, now, current = PolicyState(breach_rps=5e-324, breach_t=0.0), 0.0, 2
+    for _ in range(30):
+        now += 15.0
+        # (no quantile read: nothing clears the record)
+        d = decide(CFG, served_window(now, 600, current, latency_quantile_ms=math.nan), state,
+                   now)
+        state, current = d.state, d.replicas
+    assert current == 2

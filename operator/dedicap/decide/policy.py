@@ -622,8 +622,8 @@ def decide(
             if state.breach_rps > 0.0:
                 # nor back to a load per replica where the capacity broke (at its knee): a
                 # scale-down is the one move that tests the belief with the SLO at stake
-                safe = state.breach_rps * config.utilization
-                held = min(math.ceil(recent_max / safe - 1e-9), current)
+                ratio = recent_max / (state.breach_rps * config.utilization)
+                held = min(math.ceil(ratio - 1e-9), current) if math.isfinite(ratio) else current
                 if held > need:
                     need = held
                     why += (f"; kept: the latency broke at {state.breach_rps:.0f} req/s "
