@@ -258,8 +258,7 @@ def _check_state(d: Any) -> None:
         if name in d:
             _number(d[name], name, lo, hi)
     for name in ("peak_t", "last_jump_t", "last_burst_t", "saturated_t", "breach_t", "since",
-                 "last_eval",
-                 "verdict_t", "last_queue", "last_queue_t", "last_ready"):
+                 "last_eval", "verdict_t", "last_queue", "last_queue_t", "last_ready"):
         if d.get(name) is not None:
             _number(d[name], name)
     for name, keys in (("holt", ("level", "trend", "t")),
@@ -496,9 +495,9 @@ def decide(
             # comfortably within the SLO at high load: the fit is conservative, creep back up
             gain = min(1.0, gain * 1.01)
     # The scale-down's evidence: the per-replica load at which a steady fleet's capacity broke
-    # under a steady load.
-    # The capacity above is a belief (a fit of batch times); this is what the replicas did. A
-    # met window at a higher load, steady, proves it a fluke and clears it.
+    # under a steady load. The capacity above is a belief (a fit of batch times); this is what
+    # the replicas did. A met window at a higher steady load proves it a fluke and clears it.
+    fast = fast_arrivals(window)
     breach_rps, breach_t = state.breach_rps, state.breach_t
     if breach_t is not None and now - breach_t > 2.0 * config.capacity_half_life_s:
         breach_rps, breach_t = 0.0, None
@@ -507,13 +506,11 @@ def decide(
         capacity_breach = reject_breach or (latency_breach and queue_now > ready * batch_cap)
         # at the load the replicas had: a burst shorter than the rate window shows in the
         # short one (a window's average would blame the burst on the quiet before it)
-        fast_now = fast_arrivals(window)
-        at = max(offered, fast_now) / ready if _finite(fast_now) else per_replica
+        at = max(offered, fast) / ready if _finite(fast) else per_replica
         if capacity_breach and at > 0.0:
             if breach_rps <= 0.0 or at < breach_rps:
                 breach_rps, breach_t = at, now
-        elif (breach_rps > 0.0 and not breach and _finite(lat) and per_replica > breach_rps
-              and steady_load):
+        elif breach_rps > 0.0 and not breach and _finite(lat) and per_replica > breach_rps:
             breach_rps, breach_t = 0.0, None
     state = replace(state, breach_rps=breach_rps, breach_t=breach_t)
     # the error budget moves its own, slow factor: the fast creep above must not undo it
@@ -526,7 +523,6 @@ def decide(
     cap = capacity_per_replica(config, state, now)
 
     # 3. Demand: now, forecast one start-up ahead, backlog, burst memory.
-    fast = fast_arrivals(window)
     # the fast path's rate counts only when it says a burst is under way: on smooth traffic
     # its extra noise would only buy replicas
     burst_now = _finite(fast) and fast > BURST_RISE * offered

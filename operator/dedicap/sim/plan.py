@@ -245,7 +245,7 @@ def settled_start(trace: Trace, policy: PolicyConfig, cfg: SimConfig, limit: int
     head = replace(trace, duration=min(trace.duration, WARM_UP_S), gaps=None)
     res = simulate(head, PolicyScaler(policy, replica_limit=limit), replace(cfg, progress=False))
     settled = res.scale_events[-1].new if res.scale_events else cfg.initial_replicas
-    return max(settled, 1) if limit is None else max(min(settled, limit), 1)
+    return max(settled, 1)  # the replay's max_replicas already holds it within the limit
 
 
 def score_gaps(res: SimResult, gaps: np.ndarray | None) -> SimResult:
