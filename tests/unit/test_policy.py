@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dedicap.decide.policy import (
+    SUMMARY_LOOKBACK_S,
     Behavior,
     ObservationWindow,
     PolicyConfig,
@@ -467,3 +468,52 @@ def test_a_vanishing_recorded_breach_holds_instead_of_overflowing() -> None:
                    now)
         state, current = d.state, d.replicas
     assert current == 2
+
+
+def _slow_series(rate: float, latency_ms: float, minutes: float,
+                 compute: tuple[float, float] = (8.0, 1.05)) -> list[tuple[float, int, str]]:
+    """(time, replicas, reason) of a fleet starting on one replica at a steady load whose
+    latency quantile stays at `latency_ms` with queues under a batch per replica."""
+    now, current, state, out = 0.0, 1, PolicyState(), []
+    while now < minutes * 60.0:
+        now += 15.0
+        b = max(1.0, min(32.0, rate / current * 0.03))
+        w = served_window(now, rate, current, latency_ms=latency_ms, queue_depth=current * 4.0,
+                          mean_compute_ms=compute[0] + compute[1] * b)
+        d = decide(CFG, w, state, now)
+        state, current = d.state, d.replicas
+        out.append((now, current, d.reason))
+    return out
+
+
+def test_a_replica_slow_rather_than_queued_gets_a_step_once_the_summary_covers_only_it() -> None:
+    """One replica at 600 req/s, which the fit believes it serves (knee 692 req/s), has a p95
+    of 150 ms over a 100-ms target with queues under a batch: large batches at random
+    arrivals. While the quantile may still hold older requests, nothing; once the fleet has
+    been calm for longer than the summary looks back, one step up, and the gain learns."""
+    series = _slow_series(600.0, 150.0, 5)
+    steps = [(t, n) for t, n, why in series if "one step up" in why]
+    assert steps, "the latency never counted"
+    t_step, n_step = steps[0]
+    # calm from the second evaluation (15 s): the quantile holds only it after 60 s + 15 s
+    assert t_step >= 15.0 + SUMMARY_LOOKBACK_S + CFG.evaluation_interval_s
+    assert n_step == 2
+    # the same fleet within the target: no step
+    assert all(n == 1 for _, n, _ in _slow_series(600.0, 80.0, 5))
+
+
+def test_a_latency_more_replicas_do_not_lower_costs_one_replica_not_the_maximum() -> None:
+    # the quantile stays at 150 ms whatever the fleet: after one step each replica carries
+    # under half of what it saturates at, and the latency is no longer the load's
+    series = _slow_series(600.0, 150.0, 15)
+    assert max(n for _, n, _ in series) == 2 and series[-1][1] == 2
+    # a latency no load explains from the start: no step at all
+    assert all(n == 1 for _, n, _ in _slow_series(100.0, 150.0, 10))
+
+
+def test_a_model_slower_than_the_target_is_not_chased_over_shallow_queues() -> None:
+    # a lone request's batch takes 60 ms against a 100-ms target (2 x 60 ms > it): smaller
+    # batches cannot meet it, so the latency over shallow queues never asks for a step (the
+    # capacity, learned from the same fit, already sizes such a fleet by throughput)
+    series = _slow_series(60.0, 150.0, 10, compute=(60.0, 1.0))
+    assert not any("one step up" in why for _, _, why in series)

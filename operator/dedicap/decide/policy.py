@@ -46,8 +46,10 @@ Algorithm
      a burst (a rise by half, and by a replica's worth, within one start-up delay), the
      decaying peak for ``burst_memory_s``, since bursts cluster.
   4. Replicas = ceil(demand / capacity). On a breach still going on (deep queues or REJECTED
-     over the error budget) with nothing already starting, at least one more. BACKEND failures
-     are reported, never scaled for.
+     over the error budget) with nothing already starting, at least one more; so too on a
+     latency over the target with shallow queues once the fleet has been calm for longer than
+     Triton's summaries look back and the batch-time fit says smaller batches would meet it.
+     BACKEND failures are reported, never scaled for.
   5. Behaviour: scale up at once (step limit per period); scale down only on fresh, healthy
      data, never back to a load per replica where a steady fleet's capacity broke (at the knee
      of it), to the highest recommendation of the stabilization window, within the step limit.
@@ -68,6 +70,9 @@ from dedicap.decide.policy_tokens import TokenFit, TokenSignals, TokenSLO
 Direction = Literal["up", "down", "hold"]
 
 BURST_RISE = 1.5  # a rise by this factor within one start-up delay is a burst
+# How far back Triton's summary quantiles look (prometheus-cpp's time window, which Triton
+# does not let one set): a quantile read now still holds requests this old.
+SUMMARY_LOOKBACK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,11 @@ class PolicyState:
     last_queue: float | None = None  # queued requests at the last evaluation with fresh data
     last_queue_t: float | None = None
     last_ready: int | None = None  # ready replicas at that evaluation
+    # since when the fleet has been calm (the same ready replicas, nothing starting, queues
+    # within a batch per replica, a steady load) and since when the latency quantile has
+    # stayed over the target; None: not now
+    calm_since: float | None = None
+    over_target_since: float | None = None
     # (time, fast-path arrival rate) over `burst_memory_s`: the burst-aware headroom's sample
     fast: tuple[tuple[float, float], ...] = ()
     tokens: TokenFit | None = None  # a streaming LLM's learned token capacity
@@ -234,6 +244,8 @@ class PolicyState:
             last_queue=d.get("last_queue"),
             last_queue_t=d.get("last_queue_t"),
             last_ready=int(d["last_ready"]) if d.get("last_ready") is not None else None,
+            calm_since=d.get("calm_since"),
+            over_target_since=d.get("over_target_since"),
             fast=tuple((float(t), float(r)) for t, r in d.get("fast", [])),
             tokens=TokenFit.from_dict(d["tokens"]) if d.get("tokens") else None,
         )
@@ -258,7 +270,8 @@ def _check_state(d: Any) -> None:
         if name in d:
             _number(d[name], name, lo, hi)
     for name in ("peak_t", "last_jump_t", "last_burst_t", "saturated_t", "breach_t", "since",
-                 "last_eval", "verdict_t", "last_queue", "last_queue_t", "last_ready"):
+                 "last_eval", "verdict_t", "last_queue", "last_queue_t", "last_ready",
+                 "calm_since", "over_target_since"):
         if d.get(name) is not None:
             _number(d[name], name)
     for name, keys in (("holt", ("level", "trend", "t")),
@@ -362,6 +375,24 @@ def burst_level(config: PolicyConfig, fast: tuple[tuple[float, float], ...]) -> 
     rates = sorted(r for _, r in fast)
     k = min(math.ceil(config.burst_quantile * len(rates)) - 1, len(rates) - 1)
     return rates[max(k, 0)]
+
+
+def _load_explains_latency(config: PolicyConfig, fit: BatchFit, per_replica: float) -> bool:
+    """Whether more replicas would lower a latency over the target by the batch-time fit: a
+    lone request's batch fits the target's budget (the capacity's own rule), so smaller
+    batches meet it, and each replica carries at least half of what it saturates at. A model
+    slower than the target, or a latency that no load explains (a slow network, a starved
+    host), gets nothing from more replicas: each step halves the load, so steps stop."""
+    coef = fit.coefficients()
+    if coef is None or not _finite(per_replica):
+        return False
+    s0, s1 = coef
+    target_s = config.latency_target_ms / 1000.0
+    delay_s = config.max_queue_delay_ms / 1000.0
+    if delay_s + 2.0 * (s0 + s1) >= target_s:
+        return False
+    sat = slo_batch_capacity(s0, s1, config.max_batch_size, target_s, delay_s, fit.max_batch_seen)
+    return per_replica >= 0.5 * sat
 
 
 def _saturation_valid(config: PolicyConfig, state: PolicyState, now: float | None) -> bool:
@@ -480,15 +511,32 @@ def decide(
     span = config.startup_delay_s + window.window_s
     seen = [r for t, r in state.recent if now - t <= span] + [offered]
     steady_load = max(seen) <= 1.2 * min(seen)
+    fast = fast_arrivals(window)
+    # A latency over the target with shallow queues is, most of the time, a quantile still
+    # showing an overload the fleet has caught up with (Triton's summaries look back a
+    # minute). Not once the fleet has been calm for longer than the summary looks back and
+    # the latency has stayed over the target all along: then it is what this fleet does at
+    # this load (a replica slow rather than queued: large batches at random arrivals), and
+    # it counts as a capacity breach where the fit says smaller batches would meet the target.
+    deep = queue_now > ready * batch_cap
+    calm = (ready > 0 and starting == 0 and not deep and not reject_breach and steady_load
+            and state.last_ready == ready and not (_finite(fast) and fast > BURST_RISE * offered))
+    calm_since = (now if state.calm_since is None else state.calm_since) if calm else None
+    over_since = ((now if state.over_target_since is None else state.over_target_since)
+                  if latency_breach else None)
+    look = SUMMARY_LOOKBACK_S + config.evaluation_interval_s
+    slow_breach = (calm_since is not None and now - calm_since >= look - 1e-9
+                   and over_since is not None and now - over_since >= look - 1e-9
+                   and _load_explains_latency(config, fit, per_replica))
+    state = replace(state, calm_since=calm_since, over_target_since=over_since)
     if cap is not None and _finite(per_replica):
         load = per_replica / cap
-        current_breach = reject_breach or (latency_breach and queue_now > ready * batch_cap)
+        current_breach = reject_breach or (latency_breach and deep) or slow_breach
         if current_breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load and steady:
             # the latency broke while a steady load was within what we believed a replica
             # serves: we believed too much. Not evidence: a breach at a burst's onset, one whose
-            # window began before the fleet last changed, or a quantile over shallow queues:
-            # Triton's summaries look back up to a minute, so they still show what the fleet
-            # went through before it caught up
+            # window began before the fleet last changed, or a quantile over shallow queues
+            # that may still show what the fleet went through before it caught up (above)
             gain = max(0.5, gain * 0.9)
         elif (not breach and _finite(lat) and lat < 0.65 * target_ms and load >= 0.85
               and rejected_ratio == 0.0):
@@ -497,13 +545,12 @@ def decide(
     # The scale-down's evidence: the per-replica load at which a steady fleet's capacity broke
     # under a steady load. The capacity above is a belief (a fit of batch times); this is what
     # the replicas did. A met window at a higher steady load proves it a fluke and clears it.
-    fast = fast_arrivals(window)
     breach_rps, breach_t = state.breach_rps, state.breach_t
     if breach_t is not None and now - breach_t > 2.0 * config.capacity_half_life_s:
         breach_rps, breach_t = 0.0, None
     if _finite(per_replica) and starting == 0 and steady and steady_load:
         # (a breach within a burst says what the burst needed, which the burst memory holds)
-        capacity_breach = reject_breach or (latency_breach and queue_now > ready * batch_cap)
+        capacity_breach = reject_breach or (latency_breach and deep) or slow_breach
         # at the load the replicas had: a burst shorter than the rate window shows in the
         # short one (a window's average would blame the burst on the quiet before it)
         at = max(offered, fast) / ready if _finite(fast) else per_replica
@@ -654,8 +701,8 @@ def decide(
     # Nor when replicas became ready since: the queues have not had an evaluation interval
     # with them yet (after a scale-up, the backlog of the old fleet still grew at first).
     settling = state.last_ready is not None and state.last_ready != ready
-    breach_now = reject_breach or (latency_breach and queue_now > ready * batch_cap
-                                   and not draining and not settling)
+    breach_now = slow_breach or reject_breach or (latency_breach and deep
+                                                  and not draining and not settling)
     state = replace(state, last_queue=queue_now, last_queue_t=now, last_ready=ready)
     if breach_now and starting == 0 and need <= ready:
         need = ready + max(1, math.ceil(0.1 * ready))
