@@ -495,7 +495,7 @@ def test_a_replica_slow_rather_than_queued_gets_a_step_once_the_summary_covers_o
     steps = [(t, n) for t, n, why in series if "one step up" in why]
     assert steps, "the latency never counted"
     t_step, n_step = steps[0]
-    # calm from the second evaluation (15 s): the quantile holds only it after 60 s + 15 s
+    # calm from the first evaluation (15 s): the quantile holds only it after 60 s + 15 s
     assert t_step >= 15.0 + SUMMARY_LOOKBACK_S + CFG.evaluation_interval_s
     assert n_step == 2
     # the same fleet within the target: no step

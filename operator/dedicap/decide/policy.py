@@ -519,8 +519,11 @@ def decide(
     # this load (a replica slow rather than queued: large batches at random arrivals), and
     # it counts as a capacity breach where the fit says smaller batches would meet the target.
     deep = queue_now > ready * batch_cap
+    # (the first evaluation with fresh data may start the calm span: a settled fleet's state
+    # is then a fixed point from that evaluation on, and costs no further status write)
     calm = (ready > 0 and starting == 0 and not deep and not reject_breach and steady_load
-            and state.last_ready == ready and not (_finite(fast) and fast > BURST_RISE * offered))
+            and state.last_ready in (None, ready)
+            and not (_finite(fast) and fast > BURST_RISE * offered))
     calm_since = (now if state.calm_since is None else state.calm_since) if calm else None
     over_since = ((now if state.over_target_since is None else state.over_target_since)
                   if latency_breach else None)
