@@ -532,10 +532,10 @@ def decide(
                    and over_since is not None and now - over_since >= look - 1e-9
                    and _load_explains_latency(config, fit, per_replica))
     state = replace(state, calm_since=calm_since, over_target_since=over_since)
+    capacity_breach = reject_breach or (latency_breach and deep) or slow_breach
     if cap is not None and _finite(per_replica):
         load = per_replica / cap
-        current_breach = reject_breach or (latency_breach and deep) or slow_breach
-        if current_breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load and steady:
+        if capacity_breach and 0.5 <= load <= 1.0 and starting == 0 and steady_load and steady:
             # the latency broke while a steady load was within what we believed a replica
             # serves: we believed too much. Not evidence: a breach at a burst's onset, one whose
             # window began before the fleet last changed, or a quantile over shallow queues
@@ -553,7 +553,6 @@ def decide(
         breach_rps, breach_t = 0.0, None
     if _finite(per_replica) and starting == 0 and steady and steady_load:
         # (a breach within a burst says what the burst needed, which the burst memory holds)
-        capacity_breach = reject_breach or (latency_breach and deep) or slow_breach
         # at the load the replicas had: a burst shorter than the rate window shows in the
         # short one (a window's average would blame the burst on the quiet before it)
         at = max(offered, fast) / ready if _finite(fast) else per_replica
