@@ -494,7 +494,7 @@ def decide(
     b, comp = window.mean_batch_size, window.mean_compute_ms
     served = window.success_rate if _finite(window.success_rate) else offered
     fit = learn_batch_time(fit, b, comp, served, window.window_s, now,
-                           config.capacity_half_life_s, config.max_batch_size)
+                           config.capacity_half_life_s)
     sat_rps, sat_t = state.saturated_rps, state.saturated_t
     queue_now = window.queue_depth if _finite(window.queue_depth) else 0.0
     batch_cap = config.max_batch_size or max(2.0 * (b if _finite(b) else 1.0), 2.0)

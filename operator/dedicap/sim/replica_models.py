@@ -123,7 +123,7 @@ def from_history(points: Sequence[WindowPoint], name: str, window_s: float, half
     used = []
     for p in sorted(points, key=lambda p: p.t):
         after = learn_batch_time(fit, p.mean_batch, p.mean_compute_ms, p.served_rps, window_s,
-                                 p.t, half_life_s, max_batch)
+                                 p.t, half_life_s)
         if after is not fit:
             used.append((p.mean_batch, p.mean_compute_ms))
         fit = after
