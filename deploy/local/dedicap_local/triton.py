@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -441,6 +442,17 @@ def list_instances(run_dir: Path) -> list[TritonHandle]:
         if handle is not None:
             out.append(handle)
     return out
+
+
+def batch_stats(handle: TritonHandle) -> dict[int, tuple[int, int]]:
+    """{batch size: (executions, compute-infer ns)} so far, from Triton's statistics API: what
+    its Prometheus metrics only give as totals (the policy sees count / exec_count)."""
+    url = f"{handle.http_url}/v2/models/{handle.model}/stats"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        stats = json.load(r)["model_stats"][0]
+    return {int(b["batch_size"]): (int(b["compute_infer"]["count"]),
+                                   int(b["compute_infer"]["ns"]))
+            for b in stats.get("batch_stats", [])}
 
 
 def set_behaviour(handle: TritonHandle, **overrides: float) -> None:
