@@ -2,7 +2,7 @@
 
     python benchmarks/batch_fit.py                         # the demo's replica, 8..40 req/s
     python benchmarks/batch_fit.py --base-ms 20 --per-item-ms 5 --max-batch 8 \\
-        --rates 10,40,80,120,160                           # another replica
+        --rates 10,40,70,100,125                           # another replica (133 req/s max)
 
 One real `tritonserver` (the local stack's simulated replica: the Python backend holds a batch
 of b requests for base + per_item*b ms) under open-loop Poisson load at each rate in turn.
