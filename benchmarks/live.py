@@ -99,7 +99,10 @@ def md_doc(namespace: str, loop: Loop, max_replicas: int = 8) -> dict[str, Any]:
         "apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": NAME, "namespace": namespace},
         "spec": {
-            "model": {"name": NAME, "repository": "s3://models/triton", "backend": "python"},
+            "model": {"name": NAME, "repository": "s3://models/triton", "backend": "python",
+                      # the replica's config.pbtxt, as a tenant would repeat it
+                      "maxBatchSize": int(REPLICA["max_batch_size"]),
+                      "maxQueueDelayMicroseconds": int(REPLICA["max_queue_delay_us"])},
             "resources": {"gpusPerReplica": 1, "gpuMemoryGiB": 20},
             "placement": {"pools": ["h100"]},
             "autoscaling": {
@@ -116,7 +119,8 @@ def the_policy(loop: Loop) -> PolicyConfig:
     """The PolicyConfig the live operator runs for `md_doc` (its own mapping)."""
     md = ModelDeployment.model_validate(md_doc("x", loop))
     assert md.spec.autoscaling is not None
-    return policy_config(md.spec.autoscaling, loop.defaults())
+    return policy_config(md.spec.autoscaling, loop.defaults(), md.spec.model.metrics_profile,
+                         md.spec.model)
 
 
 def nominal_replica() -> ServiceModel:

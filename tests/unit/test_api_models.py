@@ -92,6 +92,7 @@ def test_wire_round_trip_uses_the_kubernetes_names() -> None:
     wire = md.wire()
     assert wire["spec"]["resources"]["gpuMemoryGiB"] == 20
     assert wire["spec"]["autoscaling"]["slo"]["errorRate"] == {"max": 0.001}
+    assert wire["spec"]["model"]["maxBatchSize"] == 4
     assert "replicas" not in wire["spec"]  # optional and unset: absent, never null
     assert ModelDeployment.model_validate(wire) == md
 

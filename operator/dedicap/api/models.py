@@ -302,6 +302,18 @@ class ModelSpec(_Model):
         "version policy in its config decides what Triton loads."))
     backend: str | None = Field(None, max_length=64, pattern=r"^[a-z][a-z0-9_]*$", description=(
         "Triton backend, e.g. `tensorrtllm`, `python`, `onnxruntime` (informational)."))
+    # The batcher's limits are facts of the model's config.pbtxt, which lives in the
+    # repository and which no Triton metric carries: without the max batch the autoscaler can
+    # only extrapolate the batches a replica forms, and believe it serves more than it can.
+    max_batch_size: int | None = Field(None, alias="maxBatchSize", ge=1, le=1_000_000,
+                                       description=(
+        "The model's `max_batch_size`, as its config.pbtxt sets it. The autoscaler plans no "
+        "batch larger; unset, it learns the largest batch from periods when the queues held "
+        "more than a batch per replica, and until then allows 4x the largest batch seen."))
+    max_queue_delay_microseconds: int | None = Field(
+        None, alias="maxQueueDelayMicroseconds", ge=0, le=60_000_000, description=(
+            "The dynamic batcher's `max_queue_delay_microseconds`, as the model's config.pbtxt "
+            "sets it: part of every request's latency budget (unset: 2000)."))
     metrics_profile: MetricsProfile = Field(
         "request", alias="metricsProfile", json_schema_extra={"default": "request"},
         description=(

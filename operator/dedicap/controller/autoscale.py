@@ -328,7 +328,7 @@ class Autoscaler(BackgroundLoop):
         md = ModelDeployment.model_validate(raw)
         assert md.spec.autoscaling is not None
         parsed = (md, policy_config(md.spec.autoscaling, self.settings.defaults,
-                                    md.spec.model.metrics_profile),
+                                    md.spec.model.metrics_profile, md.spec.model),
                   evaluation_interval(md.spec.autoscaling, self.settings.defaults))
         self._parsed[key] = (version, parsed)
         return parsed

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from dedicap.api.models import LLM_PROFILES, AutoscalingSpec, ScalingRules
+from dedicap.api.models import LLM_PROFILES, AutoscalingSpec, ModelSpec, ScalingRules
 from dedicap.decide.policy import Behavior, PolicyConfig
 from dedicap.decide.policy_tokens import TokenSLO
 
@@ -92,9 +92,9 @@ def token_slo(spec: AutoscalingSpec, profile: str) -> TokenSLO | None:
 
 
 def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults,
-                  profile: str = "request") -> PolicyConfig:
+                  profile: str = "request", model: ModelSpec | None = None) -> PolicyConfig:
     """The PolicyConfig the operator runs for this `spec.autoscaling` (and the model's metrics
-    profile: an LLM's runs in tokens)."""
+    profile: an LLM's runs in tokens; its batcher's limits, where `spec.model` gives them)."""
     interval = evaluation_interval(spec, defaults)
     changes: dict[str, float | int] = {}
     if spec.behavior is not None:
@@ -117,4 +117,8 @@ def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults,
     )
     if errors is not None:
         config = replace(config, error_rate_max=errors.maximum)
+    if model is not None and model.max_batch_size is not None:
+        config = replace(config, max_batch_size=model.max_batch_size)
+    if model is not None and model.max_queue_delay_microseconds is not None:
+        config = replace(config, max_queue_delay_ms=model.max_queue_delay_microseconds / 1000.0)
     return config

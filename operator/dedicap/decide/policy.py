@@ -186,6 +186,12 @@ class PolicyState:
     # queues or rejections); 0: none on record. Scale-down never goes back above its knee.
     breach_rps: float = 0.0
     breach_t: float | None = None
+    # The model's max batch as learned where the spec does not give it: the mean batch of a
+    # window through which the queues held more than a batch per replica (so every batch ran
+    # full), rounded up; a floor of the true one (0: none yet). `deep_since`: since when the
+    # queues have held that much, the fleet unchanged.
+    full_batch: int = 0
+    deep_since: float | None = None
     since: float | None = None  # first evaluation with fresh data
     recommendations: tuple[tuple[float, int], ...] = ()
     history: tuple[tuple[float, int], ...] = ()  # (time, desired) for step limits
@@ -236,6 +242,8 @@ class PolicyState:
             saturated_t=d.get("saturated_t"),
             breach_rps=float(d.get("breach_rps", 0.0)),
             breach_t=d.get("breach_t"),
+            full_batch=int(d.get("full_batch", 0)),
+            deep_since=d.get("deep_since"),
             since=d.get("since"),
             recommendations=tuple((float(t), int(n)) for t, n in d.get("recommendations", [])),
             history=tuple((float(t), int(n)) for t, n in d.get("history", [])),
@@ -266,10 +274,14 @@ def _check_state(d: Any) -> None:
     if not isinstance(d, dict):
         raise ValueError(f"the state is a {type(d).__name__}, not an object")
     for name, lo, hi in (("gain", 1e-3, 1e3), ("budget", 1e-3, 1e3), ("peak", 0.0, math.inf),
-                         ("saturated_rps", 0.0, math.inf), ("breach_rps", 0.0, math.inf)):
+                         ("saturated_rps", 0.0, math.inf), ("breach_rps", 0.0, math.inf),
+                         ("full_batch", 0, 1_000_000)):
         if name in d:
             _number(d[name], name, lo, hi)
+    if isinstance(d.get("full_batch"), float):
+        raise ValueError(f"full_batch: {d['full_batch']!r} is not a whole number")
     for name in ("peak_t", "last_jump_t", "last_burst_t", "saturated_t", "breach_t", "since",
+                 "deep_since",
                  "last_eval", "verdict_t", "last_queue", "last_queue_t", "last_ready",
                  "calm_since", "over_target_since"):
         if d.get(name) is not None:
@@ -334,6 +346,12 @@ def _offered(window: ObservationWindow) -> float:
     return math.nan
 
 
+def model_max_batch(config: PolicyConfig, state: PolicyState) -> int | None:
+    """The model's max batch: the spec's, else the one learned from full batches (a floor of
+    the true one, so never a belief of more than a replica serves), else None."""
+    return config.max_batch_size or (state.full_batch if state.full_batch > 0 else None)
+
+
 def capacity_per_replica(
     config: PolicyConfig, state: PolicyState, now: float | None = None
 ) -> float | None:
@@ -342,16 +360,16 @@ def capacity_per_replica(
     if coef is None:
         return config.capacity_hint_rps
     s0, s1 = coef
+    max_batch = model_max_batch(config, state)
     sat = slo_batch_capacity(
-        s0, s1, config.max_batch_size, config.latency_target_ms / 1000.0,
+        s0, s1, max_batch, config.latency_target_ms / 1000.0,
         config.max_queue_delay_ms / 1000.0, state.fit.max_batch_seen,
     )
     if _saturation_valid(config, state, now):
         # a throughput measured with overflowing queues is a floor of the saturated capacity
         # (the window may hold unsaturated seconds too, so it only ever raises the estimate);
         # it applies where the SLO allows full batches
-        full = slo_batch_capacity(s0, s1, config.max_batch_size, math.inf, 0.0,
-                                  state.fit.max_batch_seen)
+        full = slo_batch_capacity(s0, s1, max_batch, math.inf, 0.0, state.fit.max_batch_seen)
         if sat >= full - 1e-9:
             sat = max(sat, state.saturated_rps)
     return max(sat * config.utilization * state.gain * state.budget, 1e-6)
@@ -377,12 +395,14 @@ def burst_level(config: PolicyConfig, fast: tuple[tuple[float, float], ...]) -> 
     return rates[max(k, 0)]
 
 
-def _load_explains_latency(config: PolicyConfig, fit: BatchFit, per_replica: float) -> bool:
+def _load_explains_latency(config: PolicyConfig, state: PolicyState, per_replica: float
+                           ) -> bool:
     """Whether more replicas would lower a latency over the target by the batch-time fit: a
     lone request's batch fits the target's budget (the capacity's own rule), so smaller
     batches meet it, and each replica carries at least half of what it saturates at. A model
     slower than the target, or a latency that no load explains (a slow network, a starved
     host), gets nothing from more replicas: each step halves the load, so steps stop."""
+    fit = state.fit
     coef = fit.coefficients()
     if coef is None or not _finite(per_replica):
         return False
@@ -391,7 +411,8 @@ def _load_explains_latency(config: PolicyConfig, fit: BatchFit, per_replica: flo
     delay_s = config.max_queue_delay_ms / 1000.0
     if delay_s + 2.0 * (s0 + s1) >= target_s:
         return False
-    sat = slo_batch_capacity(s0, s1, config.max_batch_size, target_s, delay_s, fit.max_batch_seen)
+    sat = slo_batch_capacity(s0, s1, model_max_batch(config, state), target_s, delay_s,
+                             fit.max_batch_seen)
     return per_replica >= 0.5 * sat
 
 
@@ -497,14 +518,26 @@ def decide(
                            config.capacity_half_life_s)
     sat_rps, sat_t = state.saturated_rps, state.saturated_t
     queue_now = window.queue_depth if _finite(window.queue_depth) else 0.0
-    batch_cap = config.max_batch_size or max(2.0 * (b if _finite(b) else 1.0), 2.0)
+    batch_cap = (model_max_batch(config, state)
+                 or max(2.0 * (b if _finite(b) else 1.0), 2.0))
     steady = all(n == current for t, n in state.history if now - t <= window.window_s + 1e-9)
-    if (ready > 0 and starting == 0 and steady and queue_now > ready * batch_cap
-            and _finite(window.success_rate) and window.success_rate > 0):
+    overflowing = (ready > 0 and starting == 0 and steady and queue_now > ready * batch_cap
+                   and _finite(window.success_rate) and window.success_rate > 0)
+    if overflowing:
         measured = window.success_rate / ready
         previous = sat_rps if _saturation_valid(config, state, now) else 0.0
         sat_rps, sat_t = max(previous, measured), now
-    state = replace(state, fit=fit, saturated_rps=sat_rps, saturated_t=sat_t, since=since)
+    deep_since = ((now if state.deep_since is None else state.deep_since) if overflowing
+                  else None)
+    full_batch = state.full_batch
+    if (config.max_batch_size is None and deep_since is not None and _finite(b)
+            and now - deep_since >= window.window_s - 1e-9):
+        # queues deeper than a batch per replica at every evaluation of a whole window: the
+        # window's batches ran full, so its mean batch is the max (less by a moment of
+        # shallower queue between evaluations: the max is a whole number, at least this)
+        full_batch = max(full_batch, min(math.ceil(b - 1e-9), 1_000_000))
+    state = replace(state, fit=fit, saturated_rps=sat_rps, saturated_t=sat_t, since=since,
+                    deep_since=deep_since, full_batch=full_batch)
     cap = capacity_per_replica(config, state, now)
     per_replica = offered / ready if ready > 0 else math.nan
     gain = state.gain
@@ -530,7 +563,7 @@ def decide(
     look = SUMMARY_LOOKBACK_S + config.evaluation_interval_s
     slow_breach = (calm_since is not None and now - calm_since >= look - 1e-9
                    and over_since is not None and now - over_since >= look - 1e-9
-                   and _load_explains_latency(config, fit, per_replica))
+                   and _load_explains_latency(config, state, per_replica))
     state = replace(state, calm_since=calm_since, over_target_since=over_since)
     capacity_breach = reject_breach or (latency_breach and deep) or slow_breach
     if cap is not None and _finite(per_replica):
