@@ -9,6 +9,7 @@ replica against the 131 measured (benchmarks/batch_fit.py).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,11 @@ from pydantic import ValidationError
 
 from dedicap.api.models import AutoscalingSpec, ModelSpec
 from dedicap.controller.autoscale import read_state
-from dedicap.controller.policy_config import AutoscalerDefaults, policy_config
+from dedicap.controller.policy_config import (
+    AutoscalerDefaults,
+    batch_in_requests,
+    policy_config,
+)
 from dedicap.decide.policy import (
     ObservationWindow,
     PolicyConfig,
@@ -154,3 +159,12 @@ def test_the_demos_example_repeats_its_replicas_batcher() -> None:
     model = ModelSpec.model_validate(doc["spec"]["model"])
     assert model.max_batch_size == demo.DEMO_SIM["max_batch_size"]
     assert model.max_queue_delay_microseconds == demo.DEMO_SIM["max_queue_delay_us"]
+
+
+@pytest.mark.parametrize("rows, expected", [(1.0, 8), (float("nan"), 8), (2.0, 4), (3.0, 2),
+                                            (16.0, 1)])
+def test_the_max_batch_counts_requests_as_the_policy_does(rows: float, expected: int) -> None:
+    # Triton's max_batch_size counts rows; a client sending 2 rows a request fills it with 4
+    cfg = replace(CFG, max_batch_size=MAX_BATCH)
+    assert batch_in_requests(cfg, rows).max_batch_size == expected
+    assert batch_in_requests(CFG, rows).max_batch_size is None

@@ -50,7 +50,12 @@ from dedicap.controller.events import EventRecorder
 from dedicap.controller.kube import Kube, KubeError
 from dedicap.controller.loop import BackgroundLoop
 from dedicap.controller.peering import PeeringGate
-from dedicap.controller.policy_config import AutoscalerDefaults, evaluation_interval, policy_config
+from dedicap.controller.policy_config import (
+    AutoscalerDefaults,
+    batch_in_requests,
+    evaluation_interval,
+    policy_config,
+)
 from dedicap.controller.reconcile import Reconciler
 from dedicap.controller.status import autoscaling as st
 from dedicap.controller.status import tokens as st_tokens
@@ -431,7 +436,8 @@ class Autoscaler(BackgroundLoop):
         state, unreadable = read_state(saved)
         window = observation_window(snap, ready=ready, starting=starting, current=current,
                                     tokens=tokens)
-        decision = decide(config, window, state, now, limit)
+        decision = decide(batch_in_requests(config, snap.mean_request_rows), window, state, now,
+                          limit)
         code = st.reason_code(decision, window, config)
         scaled = False
         if decision.replicas != current:

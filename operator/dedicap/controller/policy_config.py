@@ -122,3 +122,13 @@ def policy_config(spec: AutoscalingSpec, defaults: AutoscalerDefaults,
     if model is not None and model.max_queue_delay_microseconds is not None:
         config = replace(config, max_queue_delay_ms=model.max_queue_delay_microseconds / 1000.0)
     return config
+
+
+def batch_in_requests(config: PolicyConfig, rows_per_request: float) -> PolicyConfig:
+    """`config` with the model's max batch counted in requests, as the policy counts batches:
+    Triton's `max_batch_size` counts rows, and clients that send several rows per request
+    fill a batch with fewer requests (the mean rows per request, from the same window)."""
+    m = config.max_batch_size
+    if m is None or not math.isfinite(rows_per_request) or rows_per_request <= 1.0:
+        return config
+    return replace(config, max_batch_size=max(1, math.floor(m / rows_per_request + 1e-9)))
