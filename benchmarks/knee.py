@@ -1,0 +1,79 @@
+"""Where a replica's latency percentile crosses its target, against what the policy plans.
+
+For each replica model: Poisson load at a grid of rates through the simulator's exact batcher
+(which reproduces Triton's batches, `benchmarks/batch_fit.py`), the p95 latency at each rate,
+the load (share of saturation) at which it crosses the target, and the share the policy plans
+per replica (`utilization` x its capacity at the SLO, from the replica's true batch times and
+max batch). Where the plan is above the crossing, a fleet at the planned load misses the SLO
+until the latency gain learns it. A second or so per replica; no stack.
+
+    python benchmarks/knee.py
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from dedicap.decide.policy import PolicyConfig
+from dedicap.decide.policy_capacity import slo_batch_capacity
+from dedicap.sim.dataplane import LEVELS, stationary_table
+from dedicap.sim.service import ServiceModel, calibrated
+
+
+def replicas() -> list[tuple[ServiceModel, float]]:
+    """(replica, latency target in seconds): the demo's, a max-8 Triton replica measured by
+    batch_fit.py, and the two calibrated H200 models at the benchmark's target."""
+    return [
+        (ServiceModel(name="demo replica (40 + 10 ms, max 4)", t0=0.040, t1=0.010, max_batch=4,
+                      max_queue_delay=0.005, queue_timeout=None), 0.200),
+        (ServiceModel(name="20 + 5 ms, max 8", t0=0.020, t1=0.005, max_batch=8,
+                      max_queue_delay=0.002, queue_timeout=None), 0.200),
+        (calibrated("encoder-1b", queue_timeout=None), 0.100),
+        (calibrated("encoder-base", queue_timeout=None), 0.100),
+    ]
+
+
+def crossing(model: ServiceModel, target_s: float, level: float) -> float:
+    """The load (share of saturation) at which the `level` latency quantile passes the target
+    (interpolated between the table's rates; 1.0 when it never does below saturation)."""
+    table = stationary_table(model)
+    k = int(np.argmin(np.abs(LEVELS - level)))
+    q = table.latency_q[:, k]
+    frac = table.rates / table.capacity
+    above = np.nonzero(q > target_s)[0]
+    if len(above) == 0:
+        return 1.0
+    i = int(above[0])
+    if i == 0:
+        return float(frac[0])
+    f = (target_s - q[i - 1]) / (q[i] - q[i - 1])
+    return float(frac[i - 1] + f * (frac[i] - frac[i - 1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quantile", type=float, default=0.95)
+    ap.add_argument("--utilization", type=float, default=PolicyConfig.utilization)
+    args = ap.parse_args()
+    level = float(LEVELS[int(np.argmin(np.abs(LEVELS - args.quantile)))])
+    print(f"the latency's {100 * level:g}th percentile (the simulator's level nearest "
+          f"{100 * args.quantile:g}) against the target, Poisson arrivals, exact batcher; the "
+          f"policy plans utilization {args.utilization:g} x its capacity at the SLO")
+    print()
+    print("| replica | target | full batch ms | saturated req/s | crosses the target at "
+          "| the policy plans | plan / crossing |")
+    print("|---|---|---|---|---|---|---|")
+    for model, target in replicas():
+        full_ms = 1000.0 * model.batch_time(model.max_batch)
+        plan = (args.utilization * slo_batch_capacity(
+            model.t0, model.t1, model.max_batch, target, model.max_queue_delay,
+            float(model.max_batch)) / model.capacity())
+        cross = crossing(model, target, args.quantile)
+        print(f"| {model.name} | {1000 * target:g} ms | {full_ms:.1f} | {model.capacity():.1f} "
+              f"| {cross:.2f} of saturation | {plan:.2f} | {plan / cross:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
