@@ -52,11 +52,34 @@ def crossing(model: ServiceModel, target_s: float, level: float) -> float:
     return float(frac[i - 1] + f * (frac[i] - frac[i - 1]))
 
 
+def grid(quantile: float) -> None:
+    """The crossing over replica shapes whose SLO batch is capped by the max batch: max batch
+    B, the fixed share of a full batch's time, and the target in full batch times (80 ms)."""
+    print("| max batch | fixed share | target / full batch | slack after 2 batches, in "
+          "batches | crosses the target at |")
+    print("|---|---|---|---|---|")
+    full_s, delay_s = 0.080, 0.002
+    for b in (2, 4, 8, 16, 32):
+        for share in (0.2, 0.5, 0.8):
+            for ratio in (2.2, 2.5, 3.0, 4.0):
+                model = ServiceModel(name="grid", t0=share * full_s, t1=(1 - share) * full_s / b,
+                                     max_batch=b, max_queue_delay=delay_s, queue_timeout=None)
+                target = ratio * full_s
+                slack = (target - delay_s - 2 * full_s) / full_s
+                print(f"| {b} | {share:g} | {ratio:g} | {slack:.2f} | "
+                      f"{crossing(model, target, quantile):.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quantile", type=float, default=0.95)
     ap.add_argument("--utilization", type=float, default=PolicyConfig.utilization)
+    ap.add_argument("--grid", action="store_true",
+                    help="the crossing over 60 replica shapes instead (about a minute)")
     args = ap.parse_args()
+    if args.grid:
+        grid(args.quantile)
+        return
     level = float(LEVELS[int(np.argmin(np.abs(LEVELS - args.quantile)))])
     print(f"the latency's {100 * level:g}th percentile (the simulator's level nearest "
           f"{100 * args.quantile:g}) against the target, Poisson arrivals, exact batcher; the "

@@ -465,7 +465,7 @@ def test_slo_breached_at_the_capacity_limit_is_capacity_constrained(
     wait_for(lambda: metrics_fresh(stack, namespace), "MetricsAvailable=True", timeout=60)
     # Far more than the two replicas the pool holds can serve.
     load = loadgen.Background(loadgen.endpoints_for(namespace, "bot", stack.run_dir),
-                              [loadgen.Step(100, 70)], seed=7, timeout_s=30,
+                              [loadgen.Step(100, 120)], seed=7, timeout_s=30,
                               max_in_flight=2000)
     try:
         constrained = wait_for(lambda: (o := md(stack, namespace)) and condition(
@@ -483,6 +483,18 @@ def test_slo_breached_at_the_capacity_limit_is_capacity_constrained(
         assert {n for n, _ in seen} == {2}, seen
         assert all(phases == ["Running", "Running"] for _, phases in seen), seen
         assert condition(md(stack, namespace), "CapacityConstrained")["status"] == "True"
+        # Behind queues this deep every batch Triton runs is full: the spec gives no max
+        # batch, and the policy learns the model's from a whole rate window of them.
+        learned = wait_for(lambda: (state := saved_state(stack, namespace)).get(
+            "full_batch") == SLOW_MODEL["max_batch_size"] and state,
+            "the model's max batch learned", timeout=60)
     finally:
         load.stop()
-    print(json.dumps({"held_at": 2, "condition": cond["message"][:300]}))
+    print(json.dumps({"held_at": 2, "condition": cond["message"][:300],
+                      "full_batch": learned["full_batch"]}))
+
+
+def saved_state(stack: Any, namespace: str) -> dict[str, Any]:
+    """The policy state the operator saved in status.autoscaler ({} before any)."""
+    saved = (md(stack, namespace).get("status") or {}).get("autoscaler") or {}
+    return dict(json.loads(saved["state"])) if saved.get("state") else {}
