@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dedicap.api.models import AutoscalingSpec, ModelSpec
-from dedicap.controller.autoscale import read_state
+from dedicap.controller.autoscale import STATE_VERSION, read_state
 from dedicap.controller.policy_config import (
     AutoscalerDefaults,
     batch_in_requests,
@@ -146,10 +146,10 @@ def test_the_learned_max_batch_never_exceeds_the_models(batches: list[float],
 def test_the_learned_max_batch_survives_a_restart() -> None:
     state, now = spread(CFG)
     state, now = overflow(CFG, state, now, 5)
-    back, why = read_state({"state": json.dumps(state.to_dict()), "version": 1})
+    back, why = read_state({"state": json.dumps(state.to_dict()), "version": STATE_VERSION})
     assert why == "" and back.full_batch == MAX_BATCH
     forged, why = read_state({"state": json.dumps({**state.to_dict(), "full_batch": 2.5}),
-                              "version": 1})
+                              "version": STATE_VERSION})
     assert forged == PolicyState() and why.startswith("unreadable")
 
 

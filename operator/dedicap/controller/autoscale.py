@@ -436,8 +436,8 @@ class Autoscaler(BackgroundLoop):
         state, unreadable = read_state(saved)
         window = observation_window(snap, ready=ready, starting=starting, current=current,
                                     tokens=tokens)
-        decision = decide(batch_in_requests(config, snap.mean_request_rows), window, state, now,
-                          limit)
+        config = batch_in_requests(config, snap.mean_request_rows)
+        decision = decide(config, window, state, now, limit)
         code = st.reason_code(decision, window, config)
         scaled = False
         if decision.replicas != current:
