@@ -16,8 +16,10 @@ import argparse
 
 import numpy as np
 
+from dedicap.decide.knee import knee_share
 from dedicap.decide.policy import PolicyConfig
 from dedicap.decide.policy_capacity import slo_batch_capacity
+from dedicap.sim import knee as sim_knee
 from dedicap.sim.dataplane import LEVELS, stationary_table
 from dedicap.sim.service import ServiceModel, calibrated
 
@@ -70,15 +72,52 @@ def grid(quantile: float) -> None:
                       f"{crossing(model, target, quantile):.3f} |")
 
 
+def holdout(count: int, seed: int) -> None:
+    """The table's crossing against a fresh bisection on the exact batcher, for random shapes
+    off the table's grid: any max batch, fixed share, a real queue delay, targets of two to six
+    full batches, the usual percentiles. Negative errors plan low (safe); positive ones plan
+    over the knee."""
+    rng = np.random.default_rng(seed)
+    errs = []
+    print("| max batch | fixed share | delay / full batch | target / full batch | percentile "
+          "| measured | table | table - measured |")
+    print("|---|---|---|---|---|---|---|---|")
+    while len(errs) < count:
+        b = int(np.exp(rng.uniform(0.0, np.log(200.0))))
+        share = float(rng.uniform(0.0, 1.0))
+        delay = float(rng.uniform(0.0, 0.15))
+        ratio = float(rng.uniform(2.0, 6.0))
+        pct = float(rng.choice([90.0, 95.0, 99.0]))
+        model = sim_knee.shape(b, share, delay)
+        measured = sim_knee.measured_crossing(model, ratio, pct)
+        table = knee_share(model.t0, model.t1, b, ratio, delay, pct)
+        if measured is None or table is None:
+            continue
+        errs.append(table - measured)
+        print(f"| {b} | {share:.2f} | {delay:.3f} | {ratio:.2f} | {pct:g} | {measured:.3f} "
+              f"| {table:.3f} | {table - measured:+.3f} |")
+    e = np.asarray(errs)
+    print()
+    print(f"{len(e)} shapes: table - measured median {np.median(e):+.3f}, "
+          f"most over {e.max():+.3f}, most under {e.min():+.3f}, "
+          f"over by more than 0.02 in {int((e > 0.02).sum())}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quantile", type=float, default=0.95)
     ap.add_argument("--utilization", type=float, default=PolicyConfig.utilization)
     ap.add_argument("--grid", action="store_true",
                     help="the crossing over 60 replica shapes instead (about a minute)")
+    ap.add_argument("--holdout", type=int, default=0, metavar="N",
+                    help="the policy's knee table against the batcher on N random shapes")
+    ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     if args.grid:
         grid(args.quantile)
+        return
+    if args.holdout:
+        holdout(args.holdout, args.seed)
         return
     level = float(LEVELS[int(np.argmin(np.abs(LEVELS - args.quantile)))])
     print(f"the latency's {100 * level:g}th percentile (the simulator's level nearest "
@@ -86,16 +125,22 @@ def main() -> None:
           f"policy plans utilization {args.utilization:g} x its capacity at the SLO")
     print()
     print("| replica | target | full batch ms | saturated req/s | crosses the target at "
-          "| the policy plans | plan / crossing |")
-    print("|---|---|---|---|---|---|---|")
+          "| the capacity rule plans | the knee table says | the policy plans "
+          "| plan / crossing |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for model, target in replicas():
         full_ms = 1000.0 * model.batch_time(model.max_batch)
         plan = (args.utilization * slo_batch_capacity(
             model.t0, model.t1, model.max_batch, target, model.max_queue_delay,
             float(model.max_batch)) / model.capacity())
         cross = crossing(model, target, args.quantile)
+        knee = knee_share(model.t0, model.t1, model.max_batch, target, model.max_queue_delay,
+                          100.0 * args.quantile)
+        planned = plan if knee is None else min(plan, knee)
         print(f"| {model.name} | {1000 * target:g} ms | {full_ms:.1f} | {model.capacity():.1f} "
-              f"| {cross:.2f} of saturation | {plan:.2f} | {plan / cross:.2f} |")
+              f"| {cross:.2f} of saturation | {plan:.2f} | "
+              f"{'-' if knee is None else f'{knee:.2f}'} | {planned:.2f} "
+              f"| {planned / cross:.2f} |")
 
 
 if __name__ == "__main__":

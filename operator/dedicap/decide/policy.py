@@ -33,12 +33,14 @@ Algorithm
      corrected for it) gives the saturated throughput at the largest batch that keeps
      ``delay + 2*S(b)`` within the target; a throughput measured while queues overflowed
      replaces the extrapolation. The policy plans for ``utilization`` of it (the knee of the
-     latency curve) times a feedback gain: lowered when the latency breaks at a load believed
-     safe, raised back while the latency stays low at high load. Over hours a second, slow
-     factor spends the SLO's error budget: once per window the policy judges what it sees like
-     an SLO-minute; a met one at high load raises it a little, a missed one at steady load
-     lowers it by ``budget_step``, sized so that it settles where about ``miss_budget`` of the
-     steady minutes miss (never above the saturated throughput at the SLO). A new deployment
+     latency curve; less where the model's max batch binds and the knee measured for the
+     replica's shape lies lower, ``knee.py``) times a feedback gain: lowered when the latency
+     breaks at a load believed safe, raised back while the latency stays low at high load.
+     Over hours a second, slow factor spends the SLO's error budget: once per window the
+     policy judges what it sees like an SLO-minute; a met one at high load raises it a little,
+     a missed one at steady load lowers it by ``budget_step``, sized so that it settles where
+     about ``miss_budget`` of the steady minutes miss (never above the saturated throughput at
+     the SLO). A new deployment
      starts at the knee; one whose traffic proves smooth runs closer to its capacity.
   3. Demand: the offered rate (successes + all failures, so rejected requests count as unmet
      demand); its Holt forecast one start-up delay plus one evaluation ahead (a replica asked
@@ -64,6 +66,7 @@ from typing import Any, Literal
 
 from dedicap.decide import policy_tokens
 from dedicap.decide.forecast import HoltState, holt_forecast, holt_update
+from dedicap.decide.knee import knee_share
 from dedicap.decide.policy_capacity import BatchFit, learn_batch_time, slo_batch_capacity
 from dedicap.decide.policy_tokens import TokenFit, TokenSignals, TokenSLO
 
@@ -361,6 +364,7 @@ def capacity_per_replica(
         return config.capacity_hint_rps
     s0, s1 = coef
     max_batch = model_max_batch(config, state)
+    util = planned_utilization(config, state)
     sat = slo_batch_capacity(
         s0, s1, max_batch, config.latency_target_ms / 1000.0,
         config.max_queue_delay_ms / 1000.0, state.fit.max_batch_seen,
@@ -372,7 +376,20 @@ def capacity_per_replica(
         full = slo_batch_capacity(s0, s1, max_batch, math.inf, 0.0, state.fit.max_batch_seen)
         if sat >= full - 1e-9:
             sat = max(sat, state.saturated_rps)
-    return max(sat * config.utilization * state.gain * state.budget, 1e-6)
+    return max(sat * util * state.gain * state.budget, 1e-6)
+
+
+def planned_utilization(config: PolicyConfig, state: PolicyState) -> float:
+    """The share of the saturated throughput at the SLO to plan per replica: `utilization`,
+    or less where the max batch binds and random arrivals push the latency percentile over
+    the target sooner (the knee measured for the replica's shape, `knee.py`)."""
+    coef = state.fit.coefficients()
+    if coef is None:
+        return config.utilization
+    knee = knee_share(coef[0], coef[1], model_max_batch(config, state),
+                      config.latency_target_ms / 1000.0, config.max_queue_delay_ms / 1000.0,
+                      config.latency_percentile)
+    return config.utilization if knee is None else min(config.utilization, knee)
 
 
 def fast_arrivals(window: ObservationWindow) -> float:
@@ -714,7 +731,7 @@ def decide(
     # catch up. (Scale-down waits at least the stabilization window after it, as after any
     # rise.)
     if cap is not None and cap > 0 and ready > 0 and _finite(fast) and config.panic_threshold > 0:
-        saturated = cap / max(config.utilization, 1e-6)
+        saturated = cap / max(planned_utilization(config, state), 1e-6)
         served_fast = window.request_rate_short
         wait_s = queue_now / served_fast if served_fast > 0 else math.inf if queue_now else 0.0
         # (a batch per replica waiting is what batching holds anyway, at any load)

@@ -1,0 +1,121 @@
+"""The latency knee where the max batch binds: the table, its lookup and what the policy plans.
+
+On the demo's replica (40 + 10 ms per batch, max batch 4, a 200-ms p95 target) the capacity
+rule plans nine tenths of saturation while Poisson arrivals push the p95 over the target at
+three quarters of it (benchmarks/knee.py); the live replay ran at that edge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dedicap.decide import knee_table
+from dedicap.decide.knee import knee_share
+from dedicap.decide.policy import (
+    PolicyConfig,
+    PolicyState,
+    capacity_per_replica,
+    planned_utilization,
+)
+from dedicap.decide.policy_capacity import BatchFit
+from dedicap.sim import knee as sim_knee
+from dedicap.sim.service import ServiceModel, calibrated
+
+DEMO = ServiceModel(name="demo", t0=0.040, t1=0.010, max_batch=4, max_queue_delay=0.005,
+                    queue_timeout=None)
+
+
+def fitted(model: ServiceModel) -> PolicyState:
+    """A state whose batch-time fit holds the model's exact batch times (spread enough to
+    identify the slope)."""
+    fit = BatchFit()
+    for i, b in enumerate((1.0, 4.0, 1.0, 4.0, 2.0, 3.0)):
+        fit = fit.add(b, model.batch_time(b), 1.0, float(i), 3600.0)
+    return PolicyState(fit=fit)
+
+
+def test_the_table_is_what_the_batcher_measures() -> None:
+    # regenerate one row: a changed batcher (or a hand-edited table) shows here
+    fresh = sim_knee.curves(4, 0.5)
+    stored = np.asarray(knee_table.CURVES[(4, 0.5)])
+    assert np.allclose(fresh, stored, rtol=1e-3)
+
+
+def test_the_demo_replicas_knee_matches_a_fresh_bisection_with_its_queue_delay() -> None:
+    # the table is measured without a queue delay and in full batches; the demo replica has
+    # 5 ms of delay and an 80-ms full batch
+    measured = sim_knee.measured_crossing(DEMO, 0.200, 95.0)
+    table = knee_share(DEMO.t0, DEMO.t1, DEMO.max_batch, 0.200, DEMO.max_queue_delay, 95.0)
+    assert measured is not None and table is not None
+    assert measured < 0.85  # the defect: well under the 0.9 the capacity rule plans
+    assert measured - 0.05 <= table <= measured + 0.01
+
+
+@pytest.mark.parametrize(("max_batch", "share", "delay", "target", "percentile", "low"), [
+    (5, 0.6, 0.05, 2.4, 95.0, 0.06),  # between the grid's 4 and 6
+    (10, 0.3, 0.1, 2.8, 99.0, 0.06),  # between 8 and 12
+    (3, 0.9, 0.0, 3.5, 90.0, 0.06),
+    # between the table's percentiles: read at the 99th, so further below
+    (4, 0.5, 0.02, 2.6, 97.5, 0.1),
+])
+def test_off_the_grid_the_table_errs_low(max_batch: int, share: float, delay: float,
+                                         target: float, percentile: float, low: float) -> None:
+    # a shape the table was not measured on (times in full batches): the table's knee is at
+    # or below a fresh bisection's, and not far below
+    model = sim_knee.shape(max_batch, share, delay)
+    measured = sim_knee.measured_crossing(model, target, percentile)
+    table = knee_share(model.t0, model.t1, max_batch, target, delay, percentile)
+    assert measured is not None and table is not None
+    assert measured - low <= table <= measured + 0.005
+
+
+def test_the_policy_plans_no_more_than_the_knee_where_the_max_batch_binds() -> None:
+    cfg = PolicyConfig(latency_target_ms=200.0, max_batch_size=4, max_queue_delay_ms=5.0)
+    state = fitted(DEMO)
+    knee = knee_share(DEMO.t0, DEMO.t1, 4, 0.200, 0.005, 95.0)
+    assert knee is not None and knee < cfg.utilization
+    assert planned_utilization(cfg, state) == knee
+    cap = capacity_per_replica(cfg, state)
+    assert cap is not None and abs(cap - knee * DEMO.capacity()) < 1e-6 * DEMO.capacity()
+
+
+def test_a_large_max_batch_keeps_the_configured_utilization() -> None:
+    # the calibrated H200 replica (max batch 32, 100-ms target) crosses above 0.9: unchanged
+    model = calibrated("encoder-1b", queue_timeout=None)
+    cfg = PolicyConfig(latency_target_ms=100.0, max_batch_size=model.max_batch,
+                       max_queue_delay_ms=1000.0 * model.max_queue_delay)
+    assert planned_utilization(cfg, fitted(model)) == cfg.utilization
+
+
+def test_no_knee_without_a_max_batch_or_for_a_model_slower_than_its_target() -> None:
+    assert knee_share(0.04, 0.01, None, 0.2, 0.005, 95.0) is None
+    assert knee_share(0.04, 0.01, 4, 0.03, 0.005, 95.0) is None
+    # a target under two full batches: the capacity rule plans smaller batches (its domain)
+    assert knee_share(0.04, 0.01, 4, 0.16, 0.005, 95.0) is None
+    cfg = PolicyConfig(latency_target_ms=200.0)  # no max batch known or learned
+    assert planned_utilization(cfg, fitted(DEMO)) == cfg.utilization
+
+
+@settings(max_examples=200, deadline=None)
+@given(s0=st.floats(0.0, 0.1), s1=st.floats(1e-4, 0.05), b=st.integers(1, 300),
+       target=st.floats(0.01, 2.0), pct=st.sampled_from([50.0, 90.0, 95.0, 99.0, 99.9]))
+def test_the_knee_rises_with_slack_and_batch_and_falls_with_the_percentile(
+    s0: float, s1: float, b: int, target: float, pct: float
+) -> None:
+    k = knee_share(s0, s1, b, target, 0.0, pct)
+    if k is None:
+        return
+    assert 0.0 < k <= 1.0
+    more_slack = knee_share(s0, s1, b, 1.2 * target, 0.0, pct)
+    assert more_slack is not None and more_slack >= k - 1e-9
+    # a larger max batch, the same full batch time and share: a later crossing
+    full = s0 + s1 * b
+    big = 2 * b
+    bigger = knee_share(s0, (full - s0) / big, big, target, 0.0, pct)
+    assert bigger is not None and bigger >= k - 0.005  # two measured curves: their noise
+    if pct < 99.9:
+        stricter = knee_share(s0, s1, b, target, 0.0, 99.9)
+        assert stricter is None or stricter <= k + 1e-9
