@@ -488,10 +488,17 @@ def test_slo_breached_at_the_capacity_limit_is_capacity_constrained(
         learned = wait_for(lambda: (state := saved_state(stack, namespace)).get(
             "full_batch") == SLOW_MODEL["max_batch_size"] and state,
             "the model's max batch learned", timeout=60)
+        # ... and shows it, with what a replica serves, in status.requestCapacity
+        capacity = wait_for(lambda: (cap := (md(stack, namespace).get("status") or {}).get(
+            "requestCapacity") or {}).get("maxBatchSize") == SLOW_MODEL["max_batch_size"]
+            and cap, "status.requestCapacity with the learned max batch", timeout=60)
+        assert capacity["maxBatchSource"] == "learned", capacity
+        assert 0 < capacity["requestsPerSecondPerReplica"] < capacity[
+            "saturatedRequestsPerSecond"], capacity
     finally:
         load.stop()
     print(json.dumps({"held_at": 2, "condition": cond["message"][:300],
-                      "full_batch": learned["full_batch"]}))
+                      "full_batch": learned["full_batch"], "request_capacity": capacity}))
 
 
 def saved_state(stack: Any, namespace: str) -> dict[str, Any]:

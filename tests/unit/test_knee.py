@@ -7,11 +7,16 @@ three quarters of it (benchmarks/knee.py); the live replay ran at that edge.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dedicap.api.models import RequestCapacity
+from dedicap.controller.status import autoscaling as status
 from dedicap.decide import knee_table
 from dedicap.decide.knee import knee_share
 from dedicap.decide.policy import (
@@ -119,3 +124,31 @@ def test_the_knee_rises_with_slack_and_batch_and_falls_with_the_percentile(
     if pct < 99.9:
         stricter = knee_share(s0, s1, b, target, 0.0, 99.9)
         assert stricter is None or stricter <= k + 1e-9
+
+
+def test_status_shows_what_a_replica_serves_and_the_max_batch_it_follows_from() -> None:
+    when = datetime.fromtimestamp(1_000.0, UTC)
+    cfg = PolicyConfig(latency_target_ms=200.0, max_batch_size=4, max_queue_delay_ms=5.0)
+    assert status.capacity_status(cfg, PolicyState(), 2, 1, when) is None  # nothing measured yet
+    state = replace(fitted(DEMO), gain=0.9)
+    cap = status.capacity_status(cfg, state, 3, 2, when)
+    assert cap is not None
+    RequestCapacity.model_validate(cap)  # what the CRD's schema admits
+    knee = knee_share(DEMO.t0, DEMO.t1, 4, 0.200, 0.005, 95.0)
+    assert knee is not None
+    assert cap["saturatedRequestsPerSecond"] == pytest.approx(DEMO.capacity(), abs=0.01)
+    assert cap["plannedShare"] == pytest.approx(knee, abs=1e-3)
+    per = DEMO.capacity() * knee * 0.9
+    assert cap["requestsPerSecondPerReplica"] == pytest.approx(per, abs=0.01)
+    assert cap["requestsPerSecondPerGPU"] == pytest.approx(per / 2, abs=0.01)
+    assert cap["requestsPerSecond"] == pytest.approx(3 * per, abs=0.02)
+    assert (cap["maxBatchSize"], cap["maxBatchSource"]) == (4, "spec")
+    # no max batch in the spec: the learned one, or none yet
+    unset = replace(cfg, max_batch_size=None)
+    learned = status.capacity_status(unset, replace(state, full_batch=4), 3, 2, when)
+    assert learned is not None and (learned["maxBatchSize"], learned["maxBatchSource"]) == (
+        4, "learned")
+    unknown = status.capacity_status(unset, state, 3, 2, when)
+    assert unknown is not None and (unknown["maxBatchSize"], unknown["maxBatchSource"]) == (
+        None, "")
+    assert unknown["plannedShare"] == cfg.utilization  # no knee without a max batch

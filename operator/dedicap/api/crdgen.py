@@ -107,6 +107,8 @@ KINDS: tuple[KindInfo, ...] = (
                           "A streaming LLM's observed time per output token, ms", priority=1),
             PrinterColumn("Tok/min", ".status.tokenCapacity.tokensPerMinute", "number",
                           "Tokens per minute the replicas serve within the SLO", priority=1),
+            PrinterColumn("Req/s", ".status.requestCapacity.requestsPerSecond", "number",
+                          "Requests per second the replicas serve within the SLO", priority=1),
             PrinterColumn("Status", '.status.conditions[?(@.type=="Ready")].reason', "string",
                           "Reason of the Ready condition", priority=1),
         ),

@@ -659,6 +659,36 @@ class TokenCapacity(_Model):
                                          description="When it was last learned.")
 
 
+class RequestCapacity(_Model):
+    """What one replica of a request-level model serves within the SLO, learned from its own
+    metrics: what the autoscaler plans with, and what a reservation's size follows from."""
+
+    requests_per_second_per_replica: float = Field(
+        0.0, alias="requestsPerSecondPerReplica", ge=0, description=(
+            "Requests per second the autoscaler plans one replica to serve within the SLO."))
+    requests_per_second_per_gpu: float = Field(0.0, alias="requestsPerSecondPerGPU", ge=0,
+                                               description="The same per GPU.")
+    requests_per_second: float = Field(0.0, alias="requestsPerSecond", ge=0, description=(
+        "Requests per second the ready replicas serve within the SLO."))
+    saturated_requests_per_second: float = Field(
+        0.0, alias="saturatedRequestsPerSecond", ge=0, description=(
+            "Requests per second one replica serves running the largest batches that keep "
+            "the latency target back to back (the plan is a share of it)."))
+    planned_share: float = Field(0.0, alias="plannedShare", ge=0, le=1, description=(
+        "The share of saturatedRequestsPerSecond planned before the latency and error-budget "
+        "feedback: the autoscaler's utilization, or the latency knee of the replica's max "
+        "batch where that is lower."))
+    max_batch_size: int | None = Field(None, alias="maxBatchSize", ge=1, description=(
+        "The model's max batch in requests: spec.model.maxBatchSize, or learned from full "
+        "batches (maxBatchSource)."))
+    max_batch_source: Literal["", "spec", "learned"] = Field(
+        "", alias="maxBatchSource", description=(
+            "`spec`, `learned` (queues deeper than a batch per replica for a whole rate "
+            "window), or empty while unknown."))
+    measured_at: datetime | None = Field(None, alias="measuredAt",
+                                         description="When it was last learned.")
+
+
 class ScaleDecision(_Model):
     """The autoscaler's last change of the replica count."""
 
@@ -723,6 +753,8 @@ class ModelDeploymentStatus(_Model):
     observed: ObservedMetrics | None = None
     token_capacity: TokenCapacity | None = Field(None, alias="tokenCapacity", description=(
         "A streaming LLM's token capacity within its SLO (once measured)."))
+    request_capacity: RequestCapacity | None = Field(None, alias="requestCapacity", description=(
+        "A request-level model's capacity within its SLO (once measured)."))
     last_scale: ScaleDecision | None = Field(None, alias="lastScale")
     cost: CostStatus | None = None
     autoscaler: AutoscalerMemory | None = None

@@ -186,10 +186,10 @@ def read_state(autoscaler_status: Mapping[str, Any] | None) -> tuple[PolicyState
         return PolicyState(), f"unreadable ({str(err)[:200]})"
 
 
-def _figures(observed: Mapping[str, Any]) -> dict[str, Any]:
-    """`status.observed` without its time and its unknowns (a merge patch stores a null as
-    nothing), to tell whether a figure changed."""
-    return {k: v for k, v in observed.items() if k != "sampledAt" and v is not None}
+def _figures(fields: Mapping[str, Any], time_key: str = "sampledAt") -> dict[str, Any]:
+    """A status object (`observed`, a capacity) without its time and its unknowns (a merge
+    patch stores a null as nothing), to tell whether a figure changed."""
+    return {k: v for k, v in fields.items() if k != time_key and v is not None}
 
 
 def material(state: PolicyState) -> dict[str, Any]:
@@ -555,16 +555,21 @@ class Autoscaler(BackgroundLoop):
                                                  explanation if limit is not None else "",
                                                  st_tokens.verdict_problems(tokens, config))
                 observed = st.observed_status(snap, when)
-            if config.tokens is not None and not brief_outage:
-                observed.update(st_tokens.observed(tokens if snap.available else None,
-                                                   config.tokens.e2e_percentile))
-                capacity = st_tokens.capacity_status(
-                    config, decision.state, ready, md.spec.resources.gpus_per_replica, when)
-                old_capacity = {k: v for k, v in (previous.get("tokenCapacity") or {}).items()
-                                if k != "measuredAt"}
-                if capacity is not None and {k: v for k, v in capacity.items()
-                                             if k != "measuredAt"} != old_capacity:
-                    fields["tokenCapacity"] = capacity
+            if not brief_outage:
+                gpus = md.spec.resources.gpus_per_replica
+                if config.tokens is not None:
+                    observed.update(st_tokens.observed(tokens if snap.available else None,
+                                                       config.tokens.e2e_percentile))
+                    name = "tokenCapacity"
+                    capacity = st_tokens.capacity_status(config, decision.state, ready, gpus,
+                                                         when)
+                else:
+                    name = "requestCapacity"
+                    capacity = st.capacity_status(config, decision.state, ready, gpus, when)
+                # a new figure is written, not a new time alone (a write per evaluation)
+                if capacity is not None and _figures(capacity, "measuredAt") != _figures(
+                        previous.get(name) or {}, "measuredAt"):
+                    fields[name] = capacity
             if _figures(observed) != _figures(previous.get("observed") or {}):
                 fields["observed"] = observed
             if scaled:

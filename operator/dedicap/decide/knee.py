@@ -13,8 +13,8 @@ in full-batch times, so one table serves every replica: the policy plans no more
 than the load at which its percentile meets the target. Where the table's shape is between
 grid points it errs low: the max batch is taken at the grid's value at or below it (a larger
 max batch crosses later), the percentile at the table's value at or above it.
-Poisson is the mildest random traffic; burstier arrivals cross earlier still, which the
-policy's latency feedback learns.
+Traffic burstier than Poisson over a batch's time crosses earlier still, which the policy's
+latency feedback learns.
 """
 
 from __future__ import annotations

@@ -359,12 +359,23 @@ def capacity_per_replica(
     config: PolicyConfig, state: PolicyState, now: float | None = None
 ) -> float | None:
     """Requests/s one replica serves within the SLO, as learned so far (None: unknown)."""
+    sat = saturated_at_slo(config, state, now)
+    if sat is None:
+        return config.capacity_hint_rps
+    return max(sat * planned_utilization(config, state) * state.gain * state.budget, 1e-6)
+
+
+def saturated_at_slo(
+    config: PolicyConfig, state: PolicyState, now: float | None = None
+) -> float | None:
+    """Requests/s one replica serves running the largest batches that keep the SLO back to
+    back, from the batch-time fit and a throughput measured with overflowing queues (None
+    before the fit has a point)."""
     coef = state.fit.coefficients()
     if coef is None:
-        return config.capacity_hint_rps
+        return None
     s0, s1 = coef
     max_batch = model_max_batch(config, state)
-    util = planned_utilization(config, state)
     sat = slo_batch_capacity(
         s0, s1, max_batch, config.latency_target_ms / 1000.0,
         config.max_queue_delay_ms / 1000.0, state.fit.max_batch_seen,
@@ -376,7 +387,7 @@ def capacity_per_replica(
         full = slo_batch_capacity(s0, s1, max_batch, math.inf, 0.0, state.fit.max_batch_seen)
         if sat >= full - 1e-9:
             sat = max(sat, state.saturated_rps)
-    return max(sat * util * state.gain * state.budget, 1e-6)
+    return sat
 
 
 def planned_utilization(config: PolicyConfig, state: PolicyState) -> float:

@@ -23,8 +23,8 @@ from typing import Any
 
 from dedicap.api import conditions as c
 from dedicap.api.models import AutoscalingSpec
-from dedicap.decide import policy_tokens
-from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig
+from dedicap.decide import policy, policy_tokens
+from dedicap.decide.policy import Decision, ObservationWindow, PolicyConfig, PolicyState
 from dedicap.metrics.snapshot import MetricsSnapshot
 
 BACKEND_ERRORS = "BackendErrors"
@@ -78,6 +78,31 @@ def observed_status(snap: MetricsSnapshot, now: datetime) -> dict[str, Any]:
         "errorRatio": round(min(max(ratio, 0.0), 1.0), 4) if _finite(ratio) else 0.0,
         "requestRate": _or_none(snap.request_rate, 2),
         "sampledAt": c.timestamp(now),
+    }
+
+
+def capacity_status(config: PolicyConfig, state: PolicyState, ready: int,
+                    gpus_per_replica: int, now: datetime) -> dict[str, Any] | None:
+    """`status.requestCapacity` of a request-level model: what the policy plans a replica to
+    serve within the SLO and what that follows from, once learned from traffic; None before
+    (a configured prior is not a measurement) and for a streaming LLM (`tokenCapacity`)."""
+    if config.tokens is not None:
+        return None
+    sat = policy.saturated_at_slo(config, state, now.timestamp())
+    per_replica = policy.capacity_per_replica(config, state, now.timestamp())
+    if sat is None or per_replica is None or not (_finite(sat) and _finite(per_replica)):
+        return None
+    max_batch = policy.model_max_batch(config, state)
+    source = "" if max_batch is None else "spec" if config.max_batch_size else "learned"
+    return {
+        "requestsPerSecondPerReplica": round(per_replica, 2),
+        "requestsPerSecondPerGPU": round(per_replica / max(gpus_per_replica, 1), 2),
+        "requestsPerSecond": round(per_replica * max(ready, 0), 2),
+        "saturatedRequestsPerSecond": round(sat, 2),
+        "plannedShare": round(min(max(policy.planned_utilization(config, state), 0.0), 1.0), 3),
+        "maxBatchSize": max_batch,
+        "maxBatchSource": source,
+        "measuredAt": c.timestamp(now),
     }
 
 
