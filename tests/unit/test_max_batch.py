@@ -25,6 +25,7 @@ from dedicap.controller.policy_config import (
     batch_in_requests,
     policy_config,
 )
+from dedicap.controller.status import autoscaling as status
 from dedicap.decide.policy import (
     ObservationWindow,
     PolicyConfig,
@@ -33,6 +34,7 @@ from dedicap.decide.policy import (
     decide,
 )
 from dedicap.decide.policy_capacity import size_biased_batch
+from dedicap.metrics.snapshot import MetricsSnapshot
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 S0_MS, S1_MS, MAX_BATCH = 20.0, 5.0, 8
@@ -170,3 +172,20 @@ def test_the_max_batch_counts_requests_as_the_policy_does(rows: float, expected:
     cfg = replace(CFG, max_batch_size=MAX_BATCH)
     assert batch_in_requests(cfg, rows).max_batch_size == expected
     assert batch_in_requests(CFG, rows).max_batch_size is None
+
+
+def test_a_declared_max_batch_below_what_triton_runs_is_reported() -> None:
+    # Triton never runs more rows in a batch than the model's max: a mean above the declared
+    # one proves the spec too low (each replica then planned for less than it serves)
+    def snap(rows: float, available: bool = True) -> MetricsSnapshot:
+        return MetricsSnapshot(available=available, queried_at=0.0, window_s=60.0,
+                               percentile=95.0, mean_batch_size=rows)
+
+    assert status.max_batch_understated(4, snap(3.9)) is None
+    assert status.max_batch_understated(4, snap(4.05)) is None  # two rates' noise
+    message = status.max_batch_understated(4, snap(6.2))
+    assert message is not None and "spec.model.maxBatchSize (4)" in message
+    # repeats aggregate into one Event: the message holds no measured figure
+    assert status.max_batch_understated(4, snap(7.5)) == message
+    assert status.max_batch_understated(None, snap(6.2)) is None  # nothing declared: learned
+    assert status.max_batch_understated(4, snap(6.2, available=False)) is None

@@ -457,6 +457,9 @@ class Autoscaler(BackgroundLoop):
         if scaled:
             events.append(("Normal", "ScaledUp" if decision.replicas > current else "ScaledDown",
                            f"{current} -> {decision.replicas} ({code}): {decision.reason}"))
+        understated = st.max_batch_understated(md.spec.model.max_batch_size, snap)
+        if understated is not None:
+            events.append(("Warning", "MaxBatchSizeUnderstated", understated))
         self._report(md, snap, config, decision, code, scaled, current, limit, explanation,
                      now, events, force_state=bool(unreadable), tokens=tokens, ready=ready,
                      brief_outage=brief)

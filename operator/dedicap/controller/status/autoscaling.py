@@ -106,6 +106,22 @@ def capacity_status(config: PolicyConfig, state: PolicyState, ready: int,
     }
 
 
+def max_batch_understated(declared_rows: int | None, snap: MetricsSnapshot) -> str | None:
+    """Why spec.model.maxBatchSize is below the model's real max batch, or None: Triton never
+    runs a batch of more rows than the model's max_batch_size, so batches averaging more than
+    the declared one prove it too low (the autoscaler then plans a replica for less than it
+    serves, at GPUs' cost). The message does not carry the measured figure, so that repeats
+    aggregate into one Event."""
+    rows = snap.mean_batch_size
+    if not declared_rows or not snap.available or not _finite(rows):
+        return None
+    if rows <= 1.02 * declared_rows + 0.1:  # two rates over one window: a little noise
+        return None
+    return (f"Triton's batches averaged more rows than spec.model.maxBatchSize "
+            f"({declared_rows}) allows: the model's max batch is larger, and each replica is "
+            "planned for less than it serves; set it to the model's max_batch_size")
+
+
 def last_scale(now: datetime, before: int, after: int, code: str, message: str
                ) -> dict[str, Any]:
     return {"time": c.timestamp(now), "fromReplicas": before, "toReplicas": after,
