@@ -104,26 +104,27 @@ def test_no_knee_without_a_max_batch_or_for_a_model_slower_than_its_target() -> 
     assert planned_utilization(cfg, fitted(DEMO)) == cfg.utilization
 
 
-@settings(max_examples=200, deadline=None)
-@given(s0=st.floats(0.0, 0.1), s1=st.floats(1e-4, 0.05), b=st.integers(1, 300),
-       target=st.floats(0.01, 2.0), pct=st.sampled_from([50.0, 90.0, 95.0, 99.0, 99.9]))
+@settings(max_examples=300, deadline=None)
+@given(full=st.floats(1e-3, 1.0), share=st.floats(0.0, 1.0), b=st.integers(1, 300),
+       budget=st.floats(2.0, 10.0), pct=st.sampled_from([50.0, 90.0, 95.0, 99.0, 99.9]))
 def test_the_knee_rises_with_slack_and_batch_and_falls_with_the_percentile(
-    s0: float, s1: float, b: int, target: float, pct: float
+    full: float, share: float, b: int, budget: float, pct: float
 ) -> None:
-    k = knee_share(s0, s1, b, target, 0.0, pct)
-    if k is None:
+    # a replica whose full batch takes `full` seconds, `share` of it fixed, against a target
+    # of `budget` full batches (at least two: where the max batch binds)
+    s0, s1 = share * full, (1.0 - share) * full / b
+    k = knee_share(s0, s1, b, budget * full, 0.0, pct)
+    if k is None:  # only where even the lightest load measured misses the target
+        assert knee_share(s0, s1, b, budget * full, 0.0, 99.9) is None
         return
     assert 0.0 < k <= 1.0
-    more_slack = knee_share(s0, s1, b, 1.2 * target, 0.0, pct)
+    more_slack = knee_share(s0, s1, b, 1.2 * budget * full, 0.0, pct)
     assert more_slack is not None and more_slack >= k - 1e-9
     # a larger max batch, the same full batch time and share: a later crossing
-    full = s0 + s1 * b
-    big = 2 * b
-    bigger = knee_share(s0, (full - s0) / big, big, target, 0.0, pct)
+    bigger = knee_share(s0, (full - s0) / (2 * b), 2 * b, budget * full, 0.0, pct)
     assert bigger is not None and bigger >= k - 0.005  # two measured curves: their noise
-    if pct < 99.9:
-        stricter = knee_share(s0, s1, b, target, 0.0, 99.9)
-        assert stricter is None or stricter <= k + 1e-9
+    stricter = knee_share(s0, s1, b, budget * full, 0.0, 99.9)
+    assert stricter is None or stricter <= k + 1e-9
 
 
 def test_status_shows_what_a_replica_serves_and_the_max_batch_it_follows_from() -> None:
