@@ -11,8 +11,8 @@ percentiles (in full batches) against ``rho`` with Poisson arrivals through the 
 batcher (``run_batcher``, which reproduces Triton's batches), and writes them as the table the
 policy reads (``dedicap/decide/knee_table.json``): measured once, looked up in microseconds.
 
-    python -m dedicap.sim.knee            # rewrite the table (about ten minutes)
-    python -m dedicap.sim.knee --check    # compare a few rows with a fresh measurement
+    python -m dedicap.sim.knee            # rewrite the table (about two minutes)
+    python -m dedicap.sim.knee --check    # compare two rows with a fresh measurement
 """
 
 from __future__ import annotations
