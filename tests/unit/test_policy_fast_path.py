@@ -53,6 +53,33 @@ def test_a_step_is_met_at_once_from_the_fast_path() -> None:
     assert slow.replicas < d.replicas
 
 
+def test_a_step_within_the_short_window_is_sized_from_the_last_scrape_interval() -> None:
+    # A 4x step that began between the short window's first samples: the window averages it
+    # with the old level (7,500 req/s arriving, by its completions and least-squares growth),
+    # the last scrape interval alone holds it whole (12,000). Sizing from the blend took a
+    # second decision a scrape later, after the SLO was back.
+    state, n = learned()
+    t = 30 * 60.0 + 15.0
+    w = served_window(t, 3000.0 * 1.5, n, latency_ms=80.0, request_rate_short=6000.0,
+                      queue_growth=1500.0, queue_depth=n * 32.0 * 3, arrivals_last=12_000.0)
+    d = decide(CFG, w, state, t)
+    need = math.ceil(12_000.0 / d.capacity_rps)
+    assert need <= d.replicas <= need + 1 and "panic: 12000 req/s" in d.reason
+    blended = decide(CFG, replace(w, arrivals_last=math.nan), state, t)
+    assert blended.replicas < d.replicas
+
+
+def test_one_busy_scrape_interval_alone_does_not_panic() -> None:
+    # The trigger stays with the short window: a last interval 2.5x the level (a spike of a
+    # few seconds) with the window and the queues quiet changes nothing
+    state, n = learned()
+    t = 30 * 60.0 + 15.0
+    w = served_window(t, 3000.0, n, request_rate_short=3000.0, queue_growth=0.0)
+    quiet = decide(CFG, w, state, t)
+    spiky = decide(CFG, replace(w, arrivals_last=2.5 * 3000.0), state, t)
+    assert spiky.replicas == quiet.replicas and "panic" not in spiky.reason
+
+
 def test_no_second_scale_up_once_the_new_replicas_serve() -> None:
     # After the step's replicas serve, Triton's summaries still show the overload for up to a
     # minute: with the fast path saying the arrivals are served and the backlog drains, that

@@ -203,6 +203,8 @@ EXPECTED: dict[Signal, list[tuple[dict[str, str], float]]] = {
     Signal.SUCCESS_RATE_SHORT: [({}, 3.0)],
     Signal.MEAN_QUEUE_MS_SHORT: [({}, 20.0)],
     Signal.QUEUE_GROWTH: [({}, 0.0)],
+    Signal.REQUEST_RATE_LAST: [({}, 3.75)],
+    Signal.QUEUE_STEP: [({}, 0.0)],
 }
 
 
@@ -252,21 +254,45 @@ def test_a_selection_answers_for_each_modeldeployment_apart(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def step_from_10_to_40(at_s: int, queue_per_sample: float, queue_grows: bool = True
+                       ) -> list[dict[str, str]]:
+    """One pod served 10 req/s until `at_s`, 40 after; its queue empty until then, and
+    `queue_per_sample` more at each later sample (or at the first alone)."""
+    lb = labels("a")
+    step = at_s // INTERVAL_S  # samples 0..step at the old rate
+    later = STEPS - step - 1
+    served = (f"0+{10 * INTERVAL_S}x{step} "
+              f"{10 * at_s + 40 * INTERVAL_S}+{40 * INTERVAL_S}x{later}")
+    pending = f"0x{step} {queue_per_sample:g}+{queue_per_sample if queue_grows else 0:g}x{later}"
+    return [{"series": series("nv_inference_request_success", lb), "values": served},
+            {"series": series("nv_inference_pending_request_count", lb), "values": pending}]
+
+
 @needs_promtool
 def test_the_fast_path_sees_a_step_the_long_window_averages(tmp_path: Path) -> None:
     # 10 req/s until 570 s, then 40 req/s served while the queue grows by 2 per second: 30 s
     # later the short window (samples at 570, 585, 600 s) reads the new level, the 60-s window
     # a blend, and the queue's growth is the arrivals Triton has not counted yet.
-    lb = labels("a")
-    step = 570 // INTERVAL_S  # samples 0..step at the old rate
-    served = (f"0+{10 * INTERVAL_S}x{step} "
-              f"{10 * 570 + 40 * INTERVAL_S}+{40 * INTERVAL_S}x{STEPS - step - 1}")
-    pending = f"0x{step} {2 * INTERVAL_S}+{2 * INTERVAL_S}x{STEPS - step - 1}"
-    data = [{"series": series("nv_inference_request_success", lb), "values": served},
-            {"series": series("nv_inference_pending_request_count", lb), "values": pending}]
+    data = step_from_10_to_40(570, queue_per_sample=2 * INTERVAL_S)
     tests = [expr_test(promql.request_rate(TARGET, SHORT_S), [({}, 40.0)]),
              expr_test(promql.queue_growth(TARGET, SHORT_S), [({}, 2.0)]),
              expr_test(promql.request_rate(TARGET, WINDOW_S), [({}, 25.0)])]
+    result = run_promtool_tests(tmp_path, tests, data)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_the_last_interval_sees_a_step_whole_where_the_short_window_blends(tmp_path: Path
+                                                                          ) -> None:
+    # 10 req/s until 585 s, then 40 req/s served while 30 more requests queue up by the last
+    # sample (600 s): the short window (570, 585, 600 s) averages the two levels and its
+    # least-squares growth spreads the queue over 30 s; the last two samples hold the new
+    # level alone, and their queue step over the 15-s scrape makes the arrivals 40 + 2 = 42.
+    data = step_from_10_to_40(585, queue_per_sample=30, queue_grows=False)
+    tests = [expr_test(promql.request_rate(TARGET, SHORT_S), [({}, 25.0)]),
+             expr_test(promql.queue_growth(TARGET, SHORT_S), [({}, 1.0)]),
+             expr_test(promql.request_rate_last(TARGET, SHORT_S), [({}, 40.0)]),
+             expr_test(promql.queue_step(TARGET, SHORT_S), [({}, 30.0)])]
     result = run_promtool_tests(tmp_path, tests, data)
     assert result.returncode == 0, result.stdout + result.stderr
 

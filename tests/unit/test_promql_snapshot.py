@@ -73,11 +73,26 @@ def test_the_fast_path_signals_are_read_when_asked_for() -> None:
     assert (snap.mean_queue_ms_short, snap.queue_growth) == (250.0, 1.5)
 
 
+def test_the_last_intervals_arrivals_are_completions_plus_the_queues_step() -> None:
+    # 12 req/s completed between the last two scrapes while 6 more requests queued up: over a
+    # 2-s scrape that is 15 req/s arriving; a queue that shrank by more than was completed is
+    # a backlog being served, not negative arrivals
+    last = [s(Signal.REQUEST_RATE_SHORT, 9.0), s(Signal.REQUEST_RATE_LAST, 12.0),
+            s(Signal.QUEUE_STEP, 6.0)]
+    at = replace(base(), short_window_s=5.0, scrape_interval_s=2.0)
+    assert from_samples([*BUSY, *last], at, max_age_s=6).arrivals_last == 15.0
+    drained = [*last[:2], s(Signal.QUEUE_STEP, -40.0)]
+    assert from_samples([*BUSY, *drained], at, max_age_s=6).arrivals_last == 0.0
+    # not asked for (or no pending gauge): unknown, and the policy keeps to the short window
+    assert math.isnan(from_samples([*BUSY, *last[:2]], at, max_age_s=6).arrivals_last)
+
+
 def test_observe_asks_for_the_fast_path_in_the_same_query() -> None:
     client = RecordingClient([])
     snapshot.observe(client, "acme", "bot", 60.0, NOW, short_window_s=5.0)
     (expr, at), = client.calls
     assert at == NOW and "[5s]" in expr and "deriv(" in expr
+    assert "irate(" in expr and "idelta(" in expr
 
 
 def test_idle_modeldeployment_is_available_with_unknown_latency() -> None:

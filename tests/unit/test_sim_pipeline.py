@@ -69,6 +69,17 @@ def test_the_queues_growth_makes_the_fast_arrivals_whole() -> None:
     assert w.queue_depth > 5000.0
 
 
+def test_the_last_scrape_interval_holds_a_step_the_short_window_blends() -> None:
+    # 100 -> 1000 req/s at 615 s, one replica serving 768: at 637.5 s the short window
+    # (samples at 600, 615, 630) holds half of the step; the interval 615-630 holds it whole,
+    # its completions plus the queue's step over the scrape interval are the arrivals
+    sim = run(steps((615, 100.0), (60, 1000.0)), replicas=1,
+              service=calibrated("encoder-1b", queue_timeout=None))
+    w = sim.view.prometheus(637.5)
+    assert w.arrivals_last == pytest.approx(1000.0, rel=0.05)
+    assert fast_arrivals(w) < 0.8 * 1000.0
+
+
 def test_a_scrape_outage_leaves_no_rate_and_the_policy_holds() -> None:
     sim = run(steps((400, 200.0)), replicas=1, scrape_gaps=((200.0, 260.0),))
     # one sample (195 s) in the last minute: no rate, as Prometheus would answer

@@ -167,6 +167,7 @@ def observation_window(snap: MetricsSnapshot, *, ready: int, starting: int,
         success_rate_short=snap.success_rate_short,
         mean_queue_ms_short=snap.mean_queue_ms_short,
         queue_growth=snap.queue_growth,
+        arrivals_last=snap.arrivals_last,
         tokens=st_tokens.signals(tokens),
     )
 

@@ -155,6 +155,10 @@ class ObservationWindow:
     # requests/s: Triton counts a request when it completes, so while queues build, arrivals
     # are the completions plus this
     queue_growth: float = math.nan
+    # arrivals over the last scrape interval alone (requests completed in it plus the queues'
+    # change across it, over the interval): the first view of a step that the short window
+    # still averages with the level before it
+    arrivals_last: float = math.nan
     success_rate: float = math.nan
     rejected_rate: float = 0.0  # failures with reason REJECTED (queue timeout / full)
     backend_failure_rate: float = 0.0  # failures with reason BACKEND (model errors)
@@ -749,10 +753,14 @@ def decide(
         deep = queue_now > ready * batch_cap and wait_s > 0.5 * target_ms / 1000.0
         growing = _finite(window.queue_growth) and window.queue_growth > 0.0
         if fast > config.panic_threshold * ready * saturated or (deep and growing):
-            panic = math.ceil(fast / cap - 1e-9) + (1 if deep else 0)
+            # size for the newest scrape interval where it sees more: a step that began within
+            # the short window is averaged there with the level before it, and the count
+            # would follow it in several decisions (the last one after the SLO was back)
+            arriving = max(fast, window.arrivals_last) if _finite(window.arrivals_last) else fast
+            panic = math.ceil(arriving / cap - 1e-9) + (1 if deep else 0)
             if panic > need:
                 need = panic
-                why += (f"; panic: {fast:.0f} req/s arriving (served "
+                why += (f"; panic: {arriving:.0f} req/s arriving (served "
                         f"{window.request_rate_short:.0f}, queues {queue_now:.0f})")
     # the summary quantile looks back a whole window: a breach counts only while the queues
     # are still deep (or requests are being rejected), not after the backlog has drained, nor

@@ -80,6 +80,9 @@ class Signal(StrEnum):
     SUCCESS_RATE_SHORT = "success_rate_short"
     MEAN_QUEUE_MS_SHORT = "mean_queue_ms_short"
     QUEUE_GROWTH = "queue_growth"
+    # Over the last two samples alone (a step's first full view).
+    REQUEST_RATE_LAST = "request_rate_last"
+    QUEUE_STEP = "queue_step"
 
 
 def escape(value: str) -> str:
@@ -252,6 +255,20 @@ def queue_growth(target: Scope, window_s: float) -> str:
     return f"sum by ({BY_MD}) (deriv({target.selector(PENDING)}[{duration(window_s)}]))"
 
 
+def request_rate_last(target: Scope, window_s: float) -> str:
+    """Offered requests per second between each pod's last two samples (``irate``; the window
+    only has to hold two)."""
+    names = f'__name__=~"{SUCCESS}|{FAILURE}"'
+    return f"sum by ({BY_MD}) (irate({{{target.matchers(names)}}}[{duration(window_s)}]))"
+
+
+def queue_step(target: Scope, window_s: float) -> str:
+    """How many more requests wait than at the scrape before (``idelta`` of the pending gauge,
+    summed over pods): over the scrape interval, the queues' growth across the last one, which
+    with `request_rate_last` makes the arrivals of that interval alone."""
+    return f"sum by ({BY_MD}) (idelta({target.selector(PENDING)}[{duration(window_s)}]))"
+
+
 def pod_quantile_ms(target: Scope, percentile: float) -> str:
     """Each pod's request latency at `percentile`, in ms; idle pods (NaN) are left out.
 
@@ -321,6 +338,8 @@ def signals(target: Scope, window_s: float, percentile: float,
             Signal.SUCCESS_RATE_SHORT: success_rate(target, short_window_s),
             Signal.MEAN_QUEUE_MS_SHORT: mean_queue_ms(target, short_window_s),
             Signal.QUEUE_GROWTH: queue_growth(target, short_window_s),
+            Signal.REQUEST_RATE_LAST: request_rate_last(target, short_window_s),
+            Signal.QUEUE_STEP: queue_step(target, short_window_s),
         })
     return out
 

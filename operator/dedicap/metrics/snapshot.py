@@ -73,6 +73,20 @@ class MetricsSnapshot:
     success_rate_short: float = math.nan
     mean_queue_ms_short: float = math.nan
     queue_growth: float = math.nan
+    # ... and over the last scrape interval alone: the offered rate and how many more requests
+    # wait than at the scrape before; `scrape_interval_s` is the interval Prometheus was told
+    request_rate_last: float = math.nan
+    queue_step: float = math.nan
+    scrape_interval_s: float = 15.0
+
+    @property
+    def arrivals_last(self) -> float:
+        """Requests/s that arrived over the last scrape interval: those completed in it plus
+        the queues' growth across it (Triton counts a request when it completes); NaN when
+        not read."""
+        if not (math.isfinite(self.request_rate_last) and math.isfinite(self.queue_step)):
+            return math.nan
+        return max(self.request_rate_last + self.queue_step / self.scrape_interval_s, 0.0)
 
     @property
     def rejected_rate(self) -> float:
@@ -110,7 +124,8 @@ def observe(client: QueryClient, namespace: str, modeldeployment: str, window_s:
                            model=model)
     expr = promql.combined(target, window_s, percentile, short_window_s)
     base = MetricsSnapshot(available=False, queried_at=now, window_s=window_s,
-                           percentile=percentile, short_window_s=short_window_s)
+                           percentile=percentile, short_window_s=short_window_s,
+                           scrape_interval_s=scrape_interval_s)
     try:
         samples = client.query(expr, at=now)
     except PrometheusUnavailable as err:
@@ -130,7 +145,8 @@ def observe_many(client: QueryClient, keys: Iterable[tuple[str, str]], window_s:
     snapshot unavailable with the same problem."""
     wanted = sorted(set(keys))
     base = MetricsSnapshot(available=False, queried_at=now, window_s=window_s,
-                           percentile=percentile, short_window_s=short_window_s)
+                           percentile=percentile, short_window_s=short_window_s,
+                           scrape_interval_s=scrape_interval_s)
     if not wanted:
         return {}
     expr = promql.combined(promql.Selection(tuple(wanted)), window_s, percentile,
@@ -213,6 +229,9 @@ def from_samples(samples: Iterable[Sample], base: MetricsSnapshot,
         success_rate_short=get(Signal.SUCCESS_RATE_SHORT),
         mean_queue_ms_short=get(Signal.MEAN_QUEUE_MS_SHORT),
         queue_growth=get(Signal.QUEUE_GROWTH),
+        request_rate_last=get(Signal.REQUEST_RATE_LAST),
+        queue_step=get(Signal.QUEUE_STEP),
+        scrape_interval_s=base.scrape_interval_s,
     )
     problem, reason = _judge(snap, max_age_s)
     if problem:

@@ -220,6 +220,7 @@ class MetricsView:
                 "mean_queue_ms_short": (1000.0 * self._increase(("queue_sum",), sa, sb) / done
                                         if done > 0 else math.nan),
                 "queue_growth": _slope(short, [self.gauge("queue_depth", x) for x in short]),
+                **self._arrivals_last(short),
             }
         return ObservationWindow(
             timestamp=ts, window_s=cfg.window_s,
@@ -236,6 +237,15 @@ class MetricsView:
             ready_replicas=ready, starting_replicas=starting,
             current_replicas=ready + starting, **fast,
         )
+
+    def _arrivals_last(self, short: list[float]) -> dict[str, float]:
+        """The fast path's view of the last scrape interval alone, as the operator reads it:
+        ``irate`` of the request counters plus ``idelta`` of the queue gauge over the nominal
+        scrape interval."""
+        sa, sb = short[-2], short[-1]
+        served = self._increase(("successes", "rejected", "backend"), sa, sb) / (sb - sa)
+        grown = self.gauge("queue_depth", sb) - self.gauge("queue_depth", sa)
+        return {"arrivals_last": max(served + grown / self.sim.cfg.scrape_interval_s, 0.0)}
 
     def gauge(self, name: str, t: float) -> float:
         """A gauge as scraped at ``t`` (its value at the end of the tick before)."""
