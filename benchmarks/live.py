@@ -4,6 +4,7 @@
     python benchmarks/live.py --only steps          # about 15 minutes
     python benchmarks/live.py --only replay         # about 22 minutes
     python benchmarks/live.py --quick               # a smoke run: one 4x step, 5-minute replay
+    python benchmarks/live.py --phases 10           # simulated steps at 10 phases, seconds
 
 Everything live is real: the operator (`dedicap run`, a process), real `tritonserver` replicas
 started by the data plane for the pods the scheduler binds, the stack's Prometheus scraping
@@ -504,6 +505,64 @@ def _fmt(x: float | None, fmt: str = ".0f", unit: str = "") -> str:
     return "never" if x is None else f"{format(x, fmt)}{unit}"
 
 
+def judge_step(sec: Seconds, ups: Sequence[float], step_at: int, length: int, bound: float
+               ) -> tuple[float | None, float, int, int, int, list[float], int, bool]:
+    """One side of a step against the goal: (recovery s, p95 during the transition, replicas
+    before, peak, end, scale-ups after recovery, overshoot, goal met)."""
+    rec = sec.recovery_s(step_at, length)
+    end_at = step_at + (int(rec) if rec is not None else length - step_at)
+    p95 = sec.window_p95_ms(step_at, max(end_at, step_at + 1))
+    before = int(sec.asked[step_at - 1])
+    peak = int(sec.asked[step_at:].max())
+    end = int(sec.asked[-1])
+    # the goal allows the step's own reaction and forbids a second decision: a step absorbed
+    # within the SLO (recovery at 0 s) still reacts once, after "recovery"
+    reaction = min((t for t in ups if t >= step_at), default=None)
+    after = [t for t in ups if rec is not None and t > step_at + rec and t != reaction]
+    over = peak - end
+    ok = rec is not None and rec <= bound and not after and over <= 1
+    return rec, p95, before, peak, end, after, over, ok
+
+
+def simulated_phases(loop: Loop, factors: Sequence[float], base_rps: float, phases: int,
+                     seeds: int, startup_s: float, warm_s: int = 60, step_s: int = 150
+                     ) -> list[str]:
+    """The simulated side alone, for steps at `phases` offsets across an evaluation interval
+    (against the scrape and evaluation grid, which a live run draws once) and `seeds` Poisson
+    draws each: how often the goal is met, and in how many decisions."""
+    lines = ["| step | runs | goal met | back within SLO: median, max | scale-up decisions per "
+             "step (mean) | second scale-ups after recovery | overshoot > 1 |",
+             "|---|---|---|---|---|---|---|"]
+    bound = loop.bound_s(startup_s)
+    for f in factors:
+        met, recs, decisions, seconds_ups, overs = 0, [], [], 0, 0
+        for k in range(phases):
+            phase = loop.evaluation_s * k / phases
+            for seed in range(seeds):
+                rng = np.random.default_rng([seed, k, int(100 * f)])
+                at = warm_s + phase
+                before = np.cumsum(rng.exponential(1.0 / base_rps, int(2 * base_rps * at) + 10))
+                after = at + np.cumsum(rng.exponential(1.0 / (base_rps * f),
+                                                       int(2 * base_rps * f * step_s) + 10))
+                times = np.concatenate([before[before < at], after[after < warm_s + step_s]])
+                sec, _ = simulate_seconds(times, warm_s + step_s, loop, nominal_replica(),
+                                          startup_s)
+                ups = [float(t) for t in np.nonzero(np.diff(sec.asked) > 0)[0] + 1]
+                step_at = int(at)
+                rec, _, _, _, _, late, over, ok = judge_step(sec, ups, step_at,
+                                                             warm_s + step_s, bound)
+                met += ok
+                recs.append(math.inf if rec is None else rec)
+                decisions.append(sum(1 for t in ups if t >= step_at))
+                seconds_ups += len(late) > 0
+                overs += over > 1
+        n = phases * seeds
+        lines.append(f"| {f:g}x | {n} | {met} ({met / n:.0%}) | {statistics.median(recs):.0f} s, "
+                     f"{max(recs):.0f} s (goal <= {bound:.0f} s) | "
+                     f"{statistics.mean(decisions):.2f} | {seconds_ups} | {overs} |")
+    return lines
+
+
 def step_rows(results: list[StepResult], loop: Loop) -> tuple[list[str], list[dict[str, Any]]]:
     lines = ["| step | side | back within SLO after | goal | p95 during transition | replicas "
              "before -> peak -> end | second scale-ups after recovery | overshoot |",
@@ -514,18 +573,8 @@ def step_rows(results: list[StepResult], loop: Loop) -> tuple[list[str], list[di
         bound = loop.bound_s(startup)
         for side, sec, ups in (("live", r.live, r.live_scale_ups),
                                ("simulated", r.sim, r.sim_scale_ups)):
-            rec = sec.recovery_s(r.step_at, r.length)
-            end_at = r.step_at + (int(rec) if rec is not None else r.length - r.step_at)
-            p95 = sec.window_p95_ms(r.step_at, max(end_at, r.step_at + 1))
-            before = int(sec.asked[r.step_at - 1])
-            peak = int(sec.asked[r.step_at:].max())
-            end = int(sec.asked[-1])
-            # the goal allows the step's own reaction and forbids a second decision: a step
-            # absorbed within the SLO (recovery at 0 s) still reacts once, after "recovery"
-            reaction = min((t for t in ups if t >= r.step_at), default=None)
-            after = [t for t in ups if rec is not None and t > r.step_at + rec and t != reaction]
-            over = peak - end
-            ok = rec is not None and rec <= bound and not after and over <= 1
+            rec, p95, before, peak, end, after, over, ok = judge_step(sec, ups, r.step_at,
+                                                                      r.length, bound)
             lines.append(
                 f"| {r.base_rps:g} -> {r.base_rps * r.factor:g} req/s ({r.factor:g}x) | {side} "
                 f"| {_fmt(rec, '.0f', ' s')} | <= {bound:.0f} s: {'met' if ok else 'MISSED'} "
@@ -641,8 +690,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", default=TRACES, help="folder with the Azure trace")
     ap.add_argument("--evaluation-interval", type=float, default=Loop.evaluation_s)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--phases", type=int, metavar="N",
+                    help="no stack: simulate each step at N offsets across an evaluation "
+                    "interval, --seeds draws each (seconds)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--startup", type=float, default=2.5,
+                    help="with --phases: the replicas' start-up, s (measured live: 2-3)")
     args = ap.parse_args(argv)
     TRACES = args.traces
+    if args.phases:
+        factors = [float(x) for x in args.steps.split(",")]
+        print("\n".join(simulated_phases(Loop(evaluation_s=args.evaluation_interval), factors,
+                                         args.base_rps, args.phases, args.seeds, args.startup)))
+        return 0
     # stopped from outside: clean up (the operator, the namespaces) as on any error
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     loop = Loop(evaluation_s=args.evaluation_interval)
