@@ -26,7 +26,9 @@ interval, Triton's summary window), the start-up measured live and the same repl
 configured (nominal) and as learned from the live run's own Triton metrics (the live policy's
 fit). Compared: SLO-minute attainment, replica-minutes and scale events.
 
-Tables and plots go to benchmarks/results/live.{md,json}, live-steps.png, live-replay.png.
+Tables and plots go to benchmarks/results/live.{md,json}, live-steps.png, live-replay.png; every
+evaluation, live (from the operator's log) and simulated, with the policy's reason, to
+live-decisions.json.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import sys
@@ -43,6 +46,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +138,13 @@ def nominal_replica() -> ServiceModel:
 # ----------------------------------------------------------------------------- measurement
 
 
+Decision = tuple[float, int, int, str]
+# the operator's log line for each evaluation (dedicap.controller.autoscale)
+EVALUATION = re.compile(r"^\[(?P<when>[\d-]+ [\d:]+,\d+)\] .*?(?P<md>\S+/\S+): "
+                        r"(?:up|down|hold) (?P<old>\d+) -> (?P<new>\d+) \[[^]]*\] .*?"
+                        r"rate=\S+: (?P<why>.*)$")
+
+
 @dataclass
 class Seconds:
     """Per-second request outcomes by completion time: latency histograms, counts, errors;
@@ -145,6 +156,8 @@ class Seconds:
     asked: np.ndarray
     held: np.ndarray
     serving: np.ndarray
+    # every evaluation: (s from the start, replicas before, after, the policy's reason)
+    decisions: list[Decision] = field(default_factory=list)
 
     @property
     def seconds(self) -> int:
@@ -335,6 +348,20 @@ class Bench:
                        "a serving replica", 180, self.stack.run_dir / "logs" / "dataplane.log")
         return namespace
 
+    def decisions(self, namespace: str, t0: float, length_s: float) -> list[Decision]:
+        """The operator's evaluations of the ModelDeployment in `namespace` over the run, from
+        its log (times in s from `t0`, unix)."""
+        path = self.stack.run_dir / "logs" / f"{self.proc}.log"
+        out: list[Decision] = []
+        for line in path.read_text(errors="replace").splitlines():
+            m = EVALUATION.match(line)
+            if m is None or m["md"] != f"{namespace}/{NAME}":
+                continue
+            t = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0
+            if t <= length_s:
+                out.append((round(t, 1), int(m["old"]), int(m["new"]), m["why"]))
+        return out
+
     def remove(self, namespace: str) -> None:
         self.stack.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         sim = dataplane.read_sim(self.stack.run_dir)
@@ -362,6 +389,19 @@ class Bench:
 # ----------------------------------------------------------------------------- the runs
 
 
+class RecordingScaler(PolicyScaler):
+    """The policy as the simulator runs it, keeping every evaluation as the operator logs it."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__(config)
+        self.log: list[Decision] = []
+
+    def desired(self, view: Any, now: float, current: int) -> tuple[int, str]:
+        n, why = super().desired(view, now, current)
+        self.log.append((round(now, 1), current, n, why))
+        return n, why
+
+
 def simulate_seconds(times: np.ndarray, length_s: int, loop: Loop, replica: ServiceModel,
                      startup_s: float, initial: int = 1) -> tuple[Seconds, int]:
     trace = Trace(name="live arrivals", duration=float(length_s), times=np.sort(times))
@@ -369,10 +409,11 @@ def simulate_seconds(times: np.ndarray, length_s: int, loop: Loop, replica: Serv
                     slo_error_max=ERROR_MAX, startup_delay_s=startup_s,
                     scrape_interval_s=loop.scrape_s, window_s=loop.window_s,
                     engine="exact", initial_replicas=initial, tick_histograms=True, seed=3)
-    sim = Simulation(trace, PolicyScaler(the_policy(loop)), cfg)
+    scaler = RecordingScaler(the_policy(loop))
+    sim = Simulation(trace, scaler, cfg)
     sim.run()
     ups = sum(1 for e in sim.events if e.new > e.old)
-    return sim_seconds(sim), ups
+    return replace(sim_seconds(sim), decisions=scaler.log), ups
 
 
 @dataclass
@@ -401,7 +442,8 @@ def run_step(bench: Bench, factor: float, base_rps: float, warm_s: int, step_s: 
     finally:
         bench.remove(namespace)
     length = warm_s + step_s
-    live = live_seconds(report, poller.rows, length)
+    live = replace(live_seconds(report, poller.rows, length),
+                   decisions=bench.decisions(namespace, report.started_at, length))
     startups = poller.startups(after=report.started_at)
     startup = statistics.median(startups) if startups else bench.loop.startup_s
     sim, _ = simulate_seconds(sent_times(report), length, bench.loop, nominal_replica(),
@@ -483,7 +525,8 @@ def run_replay(bench: Bench, minutes: float, mean_rps: float,
         learned = fitted_replica(bench, namespace, end, length + 30)
     finally:
         bench.remove(namespace)
-    live = live_seconds(report, poller.rows, length)
+    live = replace(live_seconds(report, poller.rows, length),
+                   decisions=bench.decisions(namespace, report.started_at, length))
     startups = poller.startups(after=report.started_at)
     startup = (statistics.median(startups) if startups
                else startup_hint if startup_hint is not None else bench.loop.startup_s)
@@ -757,6 +800,14 @@ def main(argv: list[str] | None = None) -> int:
         rate = np.array([replay.live.done[a:a + 10].sum() / 10.0
                          for a in range(0, replay.length, 10)])
         plot_replay(replay, rate, out / f"{name}-replay.png")
+    # every evaluation, live (the operator's log) and simulated, to trace where they part
+    decisions: dict[str, Any] = {"steps": [
+        {"factor": r.factor, "step_at_s": r.step_at, "live": r.live.decisions,
+         "simulated": r.sim.decisions} for r in steps]}
+    if replay is not None:
+        decisions["replay"] = {"warm_up_s": replay.warm_s, "live": replay.live.decisions,
+                               **{n: sec.decisions for n, (sec, _) in replay.sims.items()}}
+    (out / f"{name}-decisions.json").write_text(json.dumps(decisions, indent=0))
     md = "\n".join(text)
     print(md)
     (out / f"{name}.md").write_text(md)
