@@ -150,12 +150,14 @@ def test_the_knee_rises_with_slack_and_batch_and_falls_with_the_percentile(
     assert 0.0 < k <= 1.0
     more_slack = knee_share(s0, s1, b, 1.2 * budget * full, 0.0, pct)
     assert more_slack is not None and more_slack >= k - 1e-9
-    # a larger max batch, the same full batch time and share: a later crossing where the max
-    # batch binds (two full batches fit the target); under that, at least as much served
-    # (its saturation is twice as high, and the crossing a share of it)
-    bigger = knee_share(s0, (full - s0) / (2 * b), 2 * b, budget * full, 0.0, pct)
-    assert bigger is not None
-    assert (bigger if budget >= 2.0 else 2.0 * bigger) >= k - 0.005  # two measured curves
+    if budget >= 2.0:
+        # a larger max batch, the same full batch time and share: a later crossing where the
+        # max batch binds (two full batches fit the target). Not asserted under that: near
+        # one full batch the crossing sits at the curves' lowest loads, where two max batches'
+        # measured curves differ by more than their order (a target of one full batch with
+        # all of it fixed: 0.25 of saturation at a max batch of 2, 0.10 at 4)
+        bigger = knee_share(s0, (full - s0) / (2 * b), 2 * b, budget * full, 0.0, pct)
+        assert bigger is not None and bigger >= k - 0.005  # two measured curves: their noise
     stricter = knee_share(s0, s1, b, budget * full, 0.0, 99.9)
     assert stricter is None or stricter <= k + 1e-9
 
