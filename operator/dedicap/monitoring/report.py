@@ -113,12 +113,27 @@ class Queries:
         return (f"sum_over_time(({expr})[{w.range}:{prom_duration(w.step_s)}]) * "
                 f"{w.step_s:g} / 3600")
 
+    def counted(self, metric: str, w: Window) -> str:
+        """What a Triton counter counted over the window, summed over its series.
+
+        A series that first appears inside the window is a replica started during it, whose
+        Triton process began counting at zero: everything it served before Prometheus' first
+        scrape of it is in its first sample, which increase() leaves out (it extrapolates toward
+        zero by half a scrape interval at most). After a scale-up the new replicas take their
+        share of the load before they are discovered and scraped, so that share is counted from
+        their last value (or their increase, where a restart inside the window made that the
+        larger). A series already there at the window's start counts its increase alone."""
+        sel, r = self._md(metric), w.range
+        inc, last = f"increase({sel}[{r}])", f"last_over_time({sel}[{r}])"
+        before = f"{sel} offset {r}"
+        born = f"({last} > {inc} or {inc} or {last}) unless {before}"
+        return f"(sum(({inc} and {before}) or ({born})) or vector(0))"
+
     def requests(self, w: Window) -> str:
-        names = f'__name__=~"{promql.SUCCESS}|{promql.FAILURE}"'
-        return f"sum(increase({{{self.target.matchers(names)}}}[{w.range}]))"
+        return f"{self.counted(promql.SUCCESS, w)} + {self.counted(promql.FAILURE, w)}"
 
     def failed(self, w: Window) -> str:
-        return f"sum(increase({self.target.selector(promql.FAILURE)}[{w.range}]))"
+        return self.counted(promql.FAILURE, w)
 
 
 @dataclass(frozen=True)
