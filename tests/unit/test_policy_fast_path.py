@@ -69,6 +69,31 @@ def test_a_step_within_the_short_window_is_sized_from_the_last_scrape_interval()
     assert blended.replicas < d.replicas
 
 
+def test_the_remainder_of_a_step_is_sized_from_the_last_interval_while_queues_are_deep(
+        ) -> None:
+    # After a panic whose first view held part of a 4x step, the replicas it asked for are
+    # ready: 8,000 req/s are served while the old replica's backlog drains, so the short
+    # window reads 7,000 arriving, below the panic's threshold for that fleet; the last scrape
+    # interval alone holds the step whole (12,000). On the live stack the demand path took
+    # the rest of the step in two decisions from the blend, the last at the recovery instant.
+    state, _ = learned()
+    t = 30 * 60.0 + 15.0
+    cap = decide(CFG, served_window(t, 3000.0, 3), state, t).capacity_rps
+    ready = math.ceil(7000.0 / cap)
+    w = served_window(t, 4500.0, ready, latency_ms=1500.0, request_rate_short=8000.0,
+                      queue_growth=-1000.0, queue_depth=ready * 32.0 * 3,
+                      arrivals_last=12_000.0)
+    d = decide(CFG, w, state, t)
+    assert "panic" not in d.reason and "now 12000" in d.reason, d.reason
+    assert d.replicas >= math.ceil(12_000.0 / d.capacity_rps), d.reason
+    blended = decide(CFG, replace(w, arrivals_last=math.nan), state, t)
+    assert blended.replicas < d.replicas, blended.reason
+    # with the SLO met, one interval's count is noise to the demand path: it changes nothing
+    met = replace(w, latency_quantile_ms=80.0, mean_latency_ms=50.0)
+    assert (decide(CFG, met, state, t).replicas
+            == decide(CFG, replace(met, arrivals_last=math.nan), state, t).replicas)
+
+
 def test_one_busy_scrape_interval_alone_does_not_panic() -> None:
     # The trigger stays with the short window: a last interval 2.5x the level (a spike of a
     # few seconds) with the window and the queues quiet changes nothing

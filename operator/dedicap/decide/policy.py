@@ -667,8 +667,15 @@ def decide(
     horizon = config.startup_delay_s + config.evaluation_interval_s + window.window_s / 2.0
     forecast = holt_forecast(holt, horizon)
     rate_now = fast if burst_now else offered
+    backlog = breach and queue_now > ready * batch_cap
+    if burst_now and backlog and _finite(window.arrivals_last):
+        # a step the short window still blends with the level before it (the panic sized for
+        # what its first view held, and those replicas are ready now, so it does not fire
+        # again): the newest scrape interval sees it whole. Only while a breach leaves queues
+        # deep: one interval's count is noisy, and on a met SLO noise would only buy replicas
+        rate_now = max(fast, window.arrivals_last)
     demand = max(rate_now, forecast)
-    if breach and queue_now > ready * batch_cap:
+    if backlog:
         # drain what waits in the queues over one start-up delay (replicas asked for now
         # serve only after it; within one 5-s evaluation, as before, asked for twice the
         # replicas a step needed on the local stack)
