@@ -568,8 +568,8 @@ def judge_step(sec: Seconds, ups: Sequence[float], step_at: int, length: int, bo
 
 
 def simulated_phases(loop: Loop, factors: Sequence[float], base_rps: float, phases: int,
-                     seeds: int, startup_s: float, warm_s: int = 60, step_s: int = 150
-                     ) -> list[str]:
+                     seeds: int, startup_s: float, replica: ServiceModel | None = None,
+                     warm_s: int = 60, step_s: int = 150) -> list[str]:
     """The simulated side alone, for steps at `phases` offsets across an evaluation interval
     (against the scrape and evaluation grid, which a live run draws once) and `seeds` Poisson
     draws each: how often the goal is met, and in how many decisions."""
@@ -577,6 +577,7 @@ def simulated_phases(loop: Loop, factors: Sequence[float], base_rps: float, phas
              "step (mean) | second scale-ups after recovery | overshoot > 1 |",
              "|---|---|---|---|---|---|---|"]
     bound = loop.bound_s(startup_s)
+    replica = nominal_replica() if replica is None else replica
     for f in factors:
         met, recs, decisions, seconds_ups, overs = 0, [], [], 0, 0
         for k in range(phases):
@@ -588,8 +589,7 @@ def simulated_phases(loop: Loop, factors: Sequence[float], base_rps: float, phas
                 after = at + np.cumsum(rng.exponential(1.0 / (base_rps * f),
                                                        int(2 * base_rps * f * step_s) + 10))
                 times = np.concatenate([before[before < at], after[after < warm_s + step_s]])
-                sec, _ = simulate_seconds(times, warm_s + step_s, loop, nominal_replica(),
-                                          startup_s)
+                sec, _ = simulate_seconds(times, warm_s + step_s, loop, replica, startup_s)
                 ups = [float(t) for t in np.nonzero(np.diff(sec.asked) > 0)[0] + 1]
                 step_at = int(at)
                 rec, _, _, _, _, late, over, ok = judge_step(sec, ups, step_at,
@@ -739,12 +739,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--startup", type=float, default=2.5,
                     help="with --phases: the replicas' start-up, s (measured live: 2-3)")
+    ap.add_argument("--replica-ms", type=float, nargs=2, metavar=("T0", "T1"),
+                    help="with --phases: a replica whose batch of n takes T0 + T1 x n ms "
+                    "(e.g. as the live run learned it; default: the configured one)")
     args = ap.parse_args(argv)
     TRACES = args.traces
     if args.phases:
         factors = [float(x) for x in args.steps.split(",")]
+        replica = nominal_replica()
+        if args.replica_ms:
+            replica = replace(replica, name="local replica (given)",
+                              t0=args.replica_ms[0] / 1000.0, t1=args.replica_ms[1] / 1000.0)
         print("\n".join(simulated_phases(Loop(evaluation_s=args.evaluation_interval), factors,
-                                         args.base_rps, args.phases, args.seeds, args.startup)))
+                                         args.base_rps, args.phases, args.seeds, args.startup,
+                                         replica)))
         return 0
     # stopped from outside: clean up (the operator, the namespaces) as on any error
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
