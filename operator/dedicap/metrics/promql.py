@@ -193,10 +193,15 @@ def _per_success_ms(target: Scope, duration_metric: str, window: str) -> str:
             f"sum by ({BY_MD}) ({_rate(target, SUCCESS, window)}) / 1000")
 
 
+def _requests(target: Scope, function: str, window_s: float) -> str:
+    """`function` (rate, irate) of successes and failures of every reason, per ModelDeployment."""
+    names = f'__name__=~"{SUCCESS}|{FAILURE}"'
+    return f"sum by ({BY_MD}) ({function}({{{target.matchers(names)}}}[{duration(window_s)}]))"
+
+
 def request_rate(target: Scope, window_s: float) -> str:
     """Offered requests per second: successes and failures of every reason."""
-    names = f'__name__=~"{SUCCESS}|{FAILURE}"'
-    return f"sum by ({BY_MD}) (rate({{{target.matchers(names)}}}[{duration(window_s)}]))"
+    return _requests(target, "rate", window_s)
 
 
 def success_rate(target: Scope, window_s: float) -> str:
@@ -258,8 +263,7 @@ def queue_growth(target: Scope, window_s: float) -> str:
 def request_rate_last(target: Scope, window_s: float) -> str:
     """Offered requests per second between each pod's last two samples (``irate``; the window
     only has to hold two)."""
-    names = f'__name__=~"{SUCCESS}|{FAILURE}"'
-    return f"sum by ({BY_MD}) (irate({{{target.matchers(names)}}}[{duration(window_s)}]))"
+    return _requests(target, "irate", window_s)
 
 
 def queue_step(target: Scope, window_s: float) -> str:
