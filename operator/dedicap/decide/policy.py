@@ -431,6 +431,13 @@ def fast_arrivals(window: ObservationWindow) -> float:
     return max(short + growth, 0.0)
 
 
+def arrivals_seen(window: ObservationWindow, fast: float) -> float:
+    """The short window's arrivals (`fast`), or the last scrape interval's where they are more:
+    a step that began within the short window is averaged there with the level before it and
+    whole only in the newest interval."""
+    return max(fast, window.arrivals_last) if _finite(window.arrivals_last) else fast
+
+
 def burst_level(config: PolicyConfig, fast: tuple[tuple[float, float], ...]) -> float | None:
     """The `burst_quantile` of the fast arrival rates kept (None: off, or nothing kept)."""
     if config.burst_quantile <= 0.0 or not fast:
@@ -668,12 +675,12 @@ def decide(
     forecast = holt_forecast(holt, horizon)
     rate_now = fast if burst_now else offered
     backlog = breach and queue_now > ready * batch_cap
-    if burst_now and backlog and _finite(window.arrivals_last):
+    if burst_now and backlog:
         # a step the short window still blends with the level before it (the panic sized for
         # what its first view held, and those replicas are ready now, so it does not fire
-        # again): the newest scrape interval sees it whole. Only while a breach leaves queues
-        # deep: one interval's count is noisy, and on a met SLO noise would only buy replicas
-        rate_now = max(fast, window.arrivals_last)
+        # again). Only while a breach leaves queues deep: one interval's count is noisy, and
+        # on a met SLO noise would only buy replicas
+        rate_now = arrivals_seen(window, fast)
     demand = max(rate_now, forecast)
     if backlog:
         # drain what waits in the queues over one start-up delay (replicas asked for now
@@ -776,7 +783,7 @@ def decide(
             # size for the newest scrape interval where it sees more: a step that began within
             # the short window is averaged there with the level before it, and the count
             # would follow it in several decisions (the last one after the SLO was back)
-            arriving = max(fast, window.arrivals_last) if _finite(window.arrivals_last) else fast
+            arriving = arrivals_seen(window, fast)
             panic = math.ceil(arriving / cap - 1e-9) + (1 if deep else 0)
             if panic > need:
                 need = panic
