@@ -68,7 +68,7 @@ def set_sim(stack: Any, namespace: str, md: str, settings: dict[str, Any] | None
 def apply_md(stack: Any, namespace: str, *, min_replicas: int, max_replicas: int,
              replicas: int | None = None, pools: tuple[str, ...] = ("h100",),
              scale_down: dict[str, int] | None = None, error_max: float = 0.01,
-             name: str = "bot") -> None:
+             name: str = "bot", model: dict[str, Any] | None = None) -> None:
     behavior: dict[str, Any] = {"evaluationIntervalSeconds": EVAL_S}
     if scale_down:
         behavior["scaleDown"] = scale_down
@@ -76,7 +76,8 @@ def apply_md(stack: Any, namespace: str, *, min_replicas: int, max_replicas: int
         "apiVersion": "dedicap.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "model": {"name": name, "repository": "s3://models/triton", "backend": "python"},
+            "model": {"name": name, "repository": "s3://models/triton", "backend": "python",
+                      **(model or {})},
             "resources": {"gpusPerReplica": 1, "gpuMemoryGiB": 20},
             "placement": {"pools": list(pools)},
             "autoscaling": {
@@ -145,11 +146,12 @@ def serving(stack: Any, namespace: str, count: int) -> bool:
     return len(running) == count and len(endpoints(stack, namespace)) == count
 
 
-def one_slow_replica(stack: Any, namespace: str, max_replicas: int) -> None:
+def one_slow_replica(stack: Any, namespace: str, max_replicas: int,
+                     model: dict[str, Any] | None = None) -> None:
     """An autoscaled ModelDeployment of the slowed model from one replica, serving and
-    reporting fresh metrics."""
+    reporting fresh metrics (`model`: more of spec.model)."""
     set_sim(stack, namespace, "bot", SLOW_MODEL)
-    apply_md(stack, namespace, min_replicas=1, max_replicas=max_replicas)
+    apply_md(stack, namespace, min_replicas=1, max_replicas=max_replicas, model=model)
     wait_for(lambda: serving(stack, namespace, 1), "one serving replica", timeout=90)
     wait_for(lambda: metrics_fresh(stack, namespace), "MetricsAvailable=True", timeout=60)
 

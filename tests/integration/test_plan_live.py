@@ -4,7 +4,9 @@ Load runs through an autoscaled ModelDeployment (the slowed model of test_autosc
 replica saturates near 29 req/s) until the live autoscaler has settled; then the planner reads
 that deployment's history from the same Prometheus, learns its replica from the deployment's
 own Triton metrics (the live policy's fit) and recommends a reservation, which must be within
-one replica of what the live autoscaler settled on.
+one replica of what the live autoscaler settled on. The model's max batch comes from the
+deployment's spec, which the operator exports beside its other metrics (Triton's do not carry
+it): the planner is not told it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from test_autoscaling import (  # the operator and namespace fixtures, and their
     spec_replicas,
 )
 
-from dedicap_local import loadgen
+from dedicap_local import loadgen, prometheus
 from testkit import OperatorProcess
 
 pytestmark = pytest.mark.integration
@@ -39,7 +41,20 @@ HISTORY_S = 140.0  # the load, from the overload of one replica to the settled f
 
 def test_plan_from_prometheus_matches_the_live_autoscaler(
         stack: Any, namespace: str, operator: OperatorProcess) -> None:
-    one_slow_replica(stack, namespace, max_replicas=4)
+    # the stack's Prometheus scrapes this operator too, as a cluster's scrapes the chart's
+    scrape = f"dedicap-operator-{operator.peering}"
+    prometheus.write_target(stack.run_dir, scrape,
+                            f"{operator.metrics_address}:{operator.metrics_port}",
+                            {"job": "dedicap-operator"})
+    try:
+        plan_against_the_live_autoscaler(stack, namespace)
+    finally:
+        prometheus.remove_target(stack.run_dir, scrape)
+
+
+def plan_against_the_live_autoscaler(stack: Any, namespace: str) -> None:
+    one_slow_replica(stack, namespace, max_replicas=4,
+                     model={"maxBatchSize": SLOW_MODEL["max_batch_size"]})
     eps = loadgen.endpoints_for(namespace, "bot", stack.run_dir)
     load = loadgen.Background(eps, [loadgen.Step(LOAD_S, LOAD_RPS)], seed=11, timeout_s=30,
                               max_in_flight=2000)
@@ -59,14 +74,16 @@ def test_plan_from_prometheus_matches_the_live_autoscaler(
         [sys.executable, "-m", "dedicap.cli", "plan", "--prometheus", stack.prometheus_url,
          "--modeldeployment", f"{namespace}/bot", "--since", f"{HISTORY_S:g}s",
          "--until", f"{until:.0f}", "--step", "20s", "--slo", f"p95={TARGET_MS:g}ms",
-         "--error-rate", "0.01", "--startup", "10", "--max-batch",
-         str(SLOW_MODEL["max_batch_size"]), "--attainment", "0.95", "--json"],
+         "--error-rate", "0.01", "--startup", "10", "--attainment", "0.95", "--json"],
         capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     model = plan["replica_model"]
     # learned from the deployment's own metrics, not the calibrated example
     assert not model["example"] and "learned from" in model["source"], model
+    # the max batch the spec declares, read from the operator's export, not the largest seen
+    assert model["max_batch"] == SLOW_MODEL["max_batch_size"], model
+    assert any("spec" in n for n in model["notes"]), model
     assert "read " in out.stderr and "replica model: learned" in out.stderr, out.stderr
     # the model's truth: a batch of b takes 100 + 10*b ms, at most 4 per batch (28.6 req/s)
     assert 0.7 * 28.6 < model["saturated_rps"] < 1.3 * 28.6, model

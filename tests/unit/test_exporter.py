@@ -33,7 +33,8 @@ def fill(m: OperatorMetrics, namespace: str = "acme", name: str = "bot") -> None
     m.record_decision(namespace, name, "hold", "MetricsUnavailable")
     m.set_modeldeployment(namespace, name, desired_replicas=3, ready_replicas=2,
                           metrics_available=True, latency_ms=250.0, latency_target_ms=200.0,
-                          percentile=95, error_ratio=0.01, request_rate=42.0)
+                          percentile=95, error_ratio=0.01, request_rate=42.0,
+                          max_batch_size=32, max_queue_delay_s=0.002)
     m.set_pools(namespace, name, {
         "h100": PoolUsage(replicas=2, gpus=2, gpu_hours=10.5, hourly_cost=5.0),
         "a10g": PoolUsage(replicas=1, gpus=1, gpu_hours=1.0, hourly_cost=1.0),
@@ -65,6 +66,19 @@ def test_modeldeployment_gauges() -> None:
     assert value(m, "dedicap_modeldeployment_gpu_hours", **MD, pool="h100") == 10.5
     assert value(m, "dedicap_modeldeployment_hourly_cost", **MD, pool="a10g") == 1
     assert value(m, "dedicap_modeldeployment_replicas", **MD, pool="a10g") == 1
+
+
+def test_the_spec_batching_is_exported_and_withdrawn_when_the_spec_drops_it() -> None:
+    m = OperatorMetrics()
+    fill(m)
+    assert value(m, "dedicap_modeldeployment_max_batch_size", **MD) == 32
+    assert value(m, "dedicap_modeldeployment_max_queue_delay_seconds", **MD) == 0.002
+    m.set_modeldeployment("acme", "bot", desired_replicas=3, ready_replicas=3,
+                          metrics_available=True, latency_ms=90.0, latency_target_ms=200.0,
+                          percentile=95, error_ratio=0.0, request_rate=40.0)
+    # not given any more: absent, not a stale 32 (nor a 0 a planner would take for a batch)
+    assert value(m, "dedicap_modeldeployment_max_batch_size", **MD) is None
+    assert value(m, "dedicap_modeldeployment_max_queue_delay_seconds", **MD) is None
 
 
 def test_unknown_values_are_nan_not_zero() -> None:
@@ -99,11 +113,11 @@ def test_forget_removes_every_series_of_a_deleted_modeldeployment_only() -> None
     fill(m, "acme", "bot")
     fill(m, "acme", "other")
     m.record_query_error("PrometheusUnavailable")
-    # 2 decision label sets x (_total, _created) + 7 gauges + 4 pool gauges x 2 pools.
-    assert len(series_of(m, "acme", "bot")) == 2 * 2 + 9 + 4 * 2
+    # 2 decision label sets x (_total, _created) + 11 gauges + 4 pool gauges x 2 pools.
+    assert len(series_of(m, "acme", "bot")) == 2 * 2 + 11 + 4 * 2
     m.forget("acme", "bot")
     assert series_of(m, "acme", "bot") == []
-    assert len(series_of(m, "acme", "other")) == 2 * 2 + 9 + 4 * 2
+    assert len(series_of(m, "acme", "other")) == 2 * 2 + 11 + 4 * 2
     # Operator-wide series stay; forgetting twice (or something never seen) is harmless.
     assert value(m, "dedicap_prometheus_query_errors_total", kind="PrometheusUnavailable") == 1
     m.forget("acme", "bot")

@@ -298,6 +298,30 @@ def test_the_last_interval_sees_a_step_whole_where_the_short_window_blends(tmp_p
 
 
 @needs_promtool
+def test_the_spec_batching_reads_the_newest_export_within_the_window(tmp_path: Path) -> None:
+    # The operator exported max batch 16 until it was restarted at 150 s (a new instance),
+    # then 32 after the spec changed at 450 s and nothing after 540 s (the ModelDeployment
+    # lost its autoscaling): the newest value within the window is 32, one answer; a window
+    # that ends before the change reads 16, one that starts after the last export nothing.
+    first = " ".join(["16"] * 11 + ["_"] * 30)
+    second = " ".join(["_"] * 10 + ["16"] * 20 + ["32"] * 7 + ["_"] * 4)
+    data = [{"series": series(promql.SPEC_MAX_BATCH_SIZE, {**BOT, "instance": "op-a"}),
+             "values": first},
+            {"series": series(promql.SPEC_MAX_BATCH_SIZE, {**BOT, "instance": "op-b"}),
+             "values": second}]
+
+    def newest(lookback_s: float) -> str:
+        return promql.newest_value(TARGET, promql.SPEC_MAX_BATCH_SIZE, lookback_s)
+
+    tests: list[dict[str, object]] = [
+        expr_test(newest(600.0), [({}, 32.0)]),
+        {**expr_test(newest(400.0), [({}, 16.0)]), "eval_time": "400s"},
+        expr_test(newest(30.0), [])]
+    result = run_promtool_tests(tmp_path, tests, data)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
 def test_semantic_check_can_fail(tmp_path: Path) -> None:
     # Guard against a harness that passes whatever it is given.
     tests = [expr_test(promql.quantile_ms(TARGET, 95), [({}, 80.0)])]

@@ -106,6 +106,44 @@ def history(rates: list[float]) -> History:
         mean_compute_ms=np.full(n, 20.0), pods=np.full(n, 3.0))
 
 
+def served_history(rows_per_request: float, max_batch_size: int | None,
+                   max_queue_delay_s: float | None) -> History:
+    """An hour of windows of the replica of batch_ms(b), at batches of 1.5-12 requests."""
+    rng = np.random.default_rng(1)
+    b = rng.uniform(1.5, 12.0, 60)
+    n = len(b)
+    return History(
+        namespace="acme", name="bot", end=1_700_000_000.0, step_s=60.0,
+        request_rate=np.full(n, 200.0), success_rate=np.full(n, 200.0),
+        mean_batch_rows=b * rows_per_request, mean_request_rows=np.full(n, rows_per_request),
+        mean_compute_ms=T0_MS + T1_MS * (b + 1 - 1 / b), pods=np.full(n, 3.0),
+        max_batch_size=max_batch_size, max_queue_delay_s=max_queue_delay_s)
+
+
+def test_a_history_is_replayed_with_the_batching_its_spec_declares() -> None:
+    args = plan.build_parser().parse_args(["--prometheus", "http://p", "--modeldeployment",
+                                           "acme/bot"])
+    h = served_history(1.0, MAX_BATCH, 0.005)
+    m = plan.replica_model(args, plan.Traffic(trace=history_trace(h), history=h))
+    assert m.service.max_batch == MAX_BATCH  # not the largest batch measured (12)
+    assert m.service.max_queue_delay == pytest.approx(0.005)
+    assert any("spec" in n for n in m.notes), m.notes
+    # Triton's max_batch_size counts rows: at 4 rows per request a batch holds 4 requests
+    h4 = served_history(4.0, MAX_BATCH, None)
+    m4 = plan.replica_model(args, plan.Traffic(trace=history_trace(h4), history=h4))
+    assert m4.service.max_batch == MAX_BATCH // 4
+    assert m4.service.max_queue_delay == pytest.approx(0.002)  # the batcher's default
+    # the flags win over the spec; without either, the largest batch measured, said so
+    given = plan.build_parser().parse_args(["--prometheus", "http://p", "--modeldeployment",
+                                            "acme/bot", "--max-batch", "8",
+                                            "--max-queue-delay-ms", "1"])
+    mg = plan.replica_model(given, plan.Traffic(trace=history_trace(h), history=h))
+    assert (mg.service.max_batch, mg.service.max_queue_delay) == (8, pytest.approx(0.001))
+    bare = served_history(1.0, None, None)
+    mb = plan.replica_model(args, plan.Traffic(trace=history_trace(bare), history=bare))
+    assert mb.service.max_batch < MAX_BATCH and any("--max-batch" in n for n in mb.notes)
+
+
 def test_history_gaps_are_bridged_and_not_scored() -> None:
     h = history([100.0, 120.0, math.nan, math.nan, 160.0, 100.0])
     tr = history_trace(h)

@@ -477,7 +477,11 @@ class Autoscaler(BackgroundLoop):
             request_rate=snap.request_rate if snap.available else math.nan,
             latency_objective=self.settings.defaults.latency_objective,
             error_ratio_objective=(spec.slo.error_rate.maximum if spec.slo.error_rate
-                                   else math.nan))
+                                   else math.nan),
+            max_batch_size=md.spec.model.max_batch_size,
+            max_queue_delay_s=(md.spec.model.max_queue_delay_microseconds / 1e6
+                               if md.spec.model.max_queue_delay_microseconds is not None
+                               else None))
         log.info("%s/%s: %s %d -> %d [%s] ready=%d starting=%d limit=%s p%g=%.0fms "
                  "rate=%.1f/s: %s", namespace, name, decision.direction, current,
                  decision.replicas, code, ready, starting, limit, config.latency_percentile,

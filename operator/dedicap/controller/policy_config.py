@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from dedicap.api.models import LLM_PROFILES, AutoscalingSpec, ModelSpec, ScalingRules
 from dedicap.decide.policy import Behavior, PolicyConfig
+from dedicap.decide.policy_capacity import max_batch_in_requests
 from dedicap.decide.policy_tokens import TokenSLO
 
 
@@ -129,6 +130,6 @@ def batch_in_requests(config: PolicyConfig, rows_per_request: float) -> PolicyCo
     Triton's `max_batch_size` counts rows, and clients that send several rows per request
     fill a batch with fewer requests (the mean rows per request, from the same window)."""
     m = config.max_batch_size
-    if m is None or not math.isfinite(rows_per_request) or rows_per_request <= 1.0:
+    if m is None:
         return config
-    return replace(config, max_batch_size=max(1, math.floor(m / rows_per_request + 1e-9)))
+    return replace(config, max_batch_size=max_batch_in_requests(m, rows_per_request))

@@ -83,6 +83,15 @@ class BatchFit:
         return max(my - s1 * mb, 0.0), s1
 
 
+def max_batch_in_requests(max_batch_rows: int, rows_per_request: float) -> int:
+    """The model's max batch counted in requests, as batches are counted here: Triton's
+    `max_batch_size` counts rows, and clients that send several rows per request fill a batch
+    with fewer requests (`rows_per_request`: the mean, from the same window)."""
+    if not math.isfinite(rows_per_request) or rows_per_request <= 1.0:
+        return max_batch_rows
+    return max(1, math.floor(max_batch_rows / rows_per_request + 1e-9))
+
+
 def size_biased_batch(mean_batch: float) -> float:
     """The batch size at which Triton's per-request compute time is measured (see above)."""
     b = max(mean_batch, 1.0)

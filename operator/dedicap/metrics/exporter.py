@@ -120,6 +120,16 @@ class OperatorMetrics:
             "dedicap_modeldeployment_metrics_available",
             "1 when the last evaluation had fresh metrics, 0 when it held blind.",
             MD_LABELS, registry=r)
+        # The model's batching as its spec declares it: Triton's own metrics do not carry it,
+        # and `dedicap plan --prometheus` replays a deployment's history with it.
+        self.max_batch_size = Gauge(
+            "dedicap_modeldeployment_max_batch_size",
+            "The model's max_batch_size (spec.model.maxBatchSize, in rows); absent when the "
+            "spec does not give it.", MD_LABELS, registry=r)
+        self.max_queue_delay_seconds = Gauge(
+            "dedicap_modeldeployment_max_queue_delay_seconds",
+            "The dynamic batcher's max_queue_delay (spec.model.maxQueueDelayMicroseconds); "
+            "absent when the spec does not give it.", MD_LABELS, registry=r)
         self.pool_replicas = Gauge(
             "dedicap_modeldeployment_replicas", "Replicas placed in a pool.",
             POOL_LABELS, registry=r)
@@ -168,7 +178,8 @@ class OperatorMetrics:
             "burst of changes raises it; it drains in seconds).", registry=r)
         self._md_metrics: tuple[MetricWrapperBase, ...] = (
             self.desired_replicas, self.ready_replicas, self.error_ratio, self.request_rate,
-            self.metrics_available, self.latency_objective, self.error_ratio_objective)
+            self.metrics_available, self.latency_objective, self.error_ratio_objective,
+            self.max_batch_size, self.max_queue_delay_seconds)
         self._pool_metrics: tuple[Gauge, ...] = (
             self.pool_replicas, self.pool_gpus, self.pool_gpu_hours, self.pool_hourly_cost)
         # Label values written per ModelDeployment, so forget() can remove exactly those.
@@ -212,8 +223,11 @@ class OperatorMetrics:
                             latency_ms: float, latency_target_ms: float, percentile: float,
                             error_ratio: float, request_rate: float,
                             latency_objective: float = DEFAULT_LATENCY_OBJECTIVE,
-                            error_ratio_objective: float = math.nan) -> None:
-        """Set the ModelDeployment's gauges after an evaluation (NaN = not known)."""
+                            error_ratio_objective: float = math.nan,
+                            max_batch_size: int | None = None,
+                            max_queue_delay_s: float | None = None) -> None:
+        """Set the ModelDeployment's gauges after an evaluation (NaN = not known; the spec's
+        batching, None = not given, removes its series)."""
         key = (namespace, modeldeployment)
         p = f"{percentile:g}"
         q = f"{percentile / 100:g}"
@@ -232,6 +246,12 @@ class OperatorMetrics:
         self.error_ratio_objective.labels(*key).set(error_ratio_objective)
         self.error_ratio.labels(*key).set(error_ratio)
         self.request_rate.labels(*key).set(request_rate)
+        for gauge, value in ((self.max_batch_size, max_batch_size),
+                             (self.max_queue_delay_seconds, max_queue_delay_s)):
+            if value is None:
+                _remove(gauge, *key)
+            else:
+                gauge.labels(*key).set(value)
 
     def set_pools(self, namespace: str, modeldeployment: str,
                   usage: Mapping[str, PoolUsage]) -> None:

@@ -54,6 +54,10 @@ COMPUTE_INFER_DURATION = "nv_inference_compute_infer_duration_us"
 PENDING = "nv_inference_pending_request_count"
 REQUEST_SUMMARY = "nv_inference_request_summary_us"
 GPU_UTILIZATION = "nv_gpu_utilization"
+# The operator's own export of the model's batching as its spec declares it (Triton's metrics
+# do not carry it).
+SPEC_MAX_BATCH_SIZE = "dedicap_modeldeployment_max_batch_size"
+SPEC_MAX_QUEUE_DELAY = "dedicap_modeldeployment_max_queue_delay_seconds"
 
 
 class Signal(StrEnum):
@@ -307,6 +311,13 @@ def pods_down(target: Scope) -> str:
 def newest_sample(target: Scope) -> str:
     """Unix time of the newest Triton sample of the ModelDeployment (for the staleness check)."""
     return f"max by ({BY_MD}) (timestamp({target.selector(SUCCESS)}))"
+
+
+def newest_value(target: Scope, metric: str, lookback_s: float) -> str:
+    """The newest value of a per-ModelDeployment gauge within `lookback_s` (one per
+    ModelDeployment: an operator restarted or scraped twice exports the same spec)."""
+    return (f"max by ({BY_MD}) (last_over_time({target.selector(metric)}"
+            f"[{duration(lookback_s)}]))")
 
 
 def gpu_utilization(target: Scope) -> str:

@@ -58,6 +58,10 @@ class History:
     mean_request_rows: np.ndarray
     mean_compute_ms: np.ndarray
     pods: np.ndarray
+    # the model's batching as the ModelDeployment's spec declared it at the end of the window
+    # (the operator exports it; None: not given, or the operator not scraped)
+    max_batch_size: int | None = None  # rows, as Triton's max_batch_size
+    max_queue_delay_s: float | None = None
 
     @property
     def steps(self) -> int:
@@ -94,7 +98,24 @@ def fetch_history(client: PrometheusClient, namespace: str, name: str, end: floa
     }
     data = {k: _on_grid(client.query_range(e, start, end, step_s), start, step_s, steps)
             for k, e in exprs.items()}
-    return History(namespace=namespace, name=name, end=end, step_s=step_s, **data)
+    batch = _newest(client, target, promql.SPEC_MAX_BATCH_SIZE, end, since_s, low=1.0)
+    delay = _newest(client, target, promql.SPEC_MAX_QUEUE_DELAY, end, since_s, low=0.0)
+    return History(namespace=namespace, name=name, end=end, step_s=step_s, **data,
+                   max_batch_size=round(batch) if batch is not None else None,
+                   max_queue_delay_s=delay)
+
+
+def _newest(client: PrometheusClient, target: promql.Target, metric: str, end: float,
+            since_s: float, low: float) -> float | None:
+    values = [s.value for s in client.query(promql.newest_value(target, metric, since_s), end)
+              if math.isfinite(s.value) and s.value >= low]
+    return max(values) if values else None
+
+
+def rows_per_request(h: History) -> float:
+    """The history's median rows per request (NaN when Triton never said)."""
+    rows = h.mean_request_rows[np.isfinite(h.mean_request_rows)]
+    return float(np.median(rows)) if len(rows) else math.nan
 
 
 def history_trace(h: History) -> Trace:

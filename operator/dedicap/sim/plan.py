@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from dedicap.decide.policy import PolicyConfig
+from dedicap.decide.policy_capacity import max_batch_in_requests
 from dedicap.sim import tradeoff
 from dedicap.sim.baselines import PolicyScaler
 from dedicap.sim.replica_models import (
@@ -189,7 +190,8 @@ def _fetch_history(args: argparse.Namespace) -> Any:
 
 def replica_model(args: argparse.Namespace, traffic: Traffic) -> ReplicaModel:
     timeout = args.queue_timeout
-    delay = args.max_queue_delay_ms / 1000.0
+    given_delay = args.max_queue_delay_ms
+    delay = given_delay / 1000.0 if given_delay is not None else DEFAULT_QUEUE_DELAY_S
     if args.replica:
         p = Path(args.replica)
         return from_file_text(p.read_text(encoding="utf-8"), p.name, args.max_batch, delay,
@@ -198,8 +200,21 @@ def replica_model(args: argparse.Namespace, traffic: Traffic) -> ReplicaModel:
         from dedicap.sim import history as hist
 
         h = traffic.history
-        return from_history(hist.history_points(h), f"{h.namespace}/{h.name}", h.step_s,
-                            PolicyConfig.capacity_half_life_s, args.max_batch, delay, timeout)
+        # what the flags do not say, the deployment's spec does (the operator exports it)
+        notes: list[str] = []
+        max_batch = args.max_batch
+        if max_batch is None and h.max_batch_size is not None:
+            max_batch = h.max_batch_size
+            notes.append(f"max batch {max_batch} from the ModelDeployment's spec")
+        if given_delay is None and h.max_queue_delay_s is not None:
+            delay = h.max_queue_delay_s
+            notes.append(f"queue delay {1000 * delay:g} ms from the ModelDeployment's spec")
+        if max_batch is not None:
+            # the history's batches count requests, as the live policy counts them
+            max_batch = max_batch_in_requests(max_batch, hist.rows_per_request(h))
+        model = from_history(hist.history_points(h), f"{h.namespace}/{h.name}", h.step_s,
+                             PolicyConfig.capacity_half_life_s, max_batch, delay, timeout)
+        return replace(model, notes=(*notes, *model.notes))
     return calibrated_example(args.model, timeout)
 
 
@@ -333,10 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = ap.add_argument_group("the replica (default: the calibrated example encoder)")
     rep.add_argument("--replica", metavar="FILE", help="perf_analyzer CSV (-f) or a YAML "
                      "batch-time curve of your model (docs/autoscaling.md)")
-    rep.add_argument("--max-batch", type=int, help="the model's max_batch_size (default: the "
-                     "largest batch measured)")
-    rep.add_argument("--max-queue-delay-ms", type=float, default=1000 * DEFAULT_QUEUE_DELAY_S,
-                     help="the dynamic batcher's max_queue_delay (default %(default)g)")
+    rep.add_argument("--max-batch", type=int, help="the model's max_batch_size (default: "
+                     "with --prometheus the ModelDeployment's spec as the operator exports it, "
+                     "else the largest batch measured)")
+    rep.add_argument("--max-queue-delay-ms", type=float, default=None,
+                     help="the dynamic batcher's max_queue_delay (default: with --prometheus "
+                     f"the spec's, else {1000 * DEFAULT_QUEUE_DELAY_S:g})")
     rep.add_argument("--model", default="encoder-1b", choices=sorted(MEASURED),
                      help="the calibrated example when no measurement of yours is given")
     rep.add_argument("--queue-timeout", type=float, default=1.0, help="seconds; 0 = none")
