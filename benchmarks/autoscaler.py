@@ -201,22 +201,17 @@ def sweeps(nstar: np.ndarray, quick: bool, headline: bool = True,
            kind: str = "") -> list[tuple[str, Any]]:
     peak = int(nstar.max())
     jobs: list[tuple[str, Any]] = [("dedicap", None), ("oracle", None), ("lower", None)]
-    low = math.ceil(float(nstar.mean()))
-    if kind == "bursty-real":
-        # the comparison that matters here is with static fleets well under the peak: every
-        # count from the mean minute's to one over the peak's (a coarser grid rounds the
-        # cheapest static fleet at dedicap's attainment up, by up to a third on these
-        # traces), and KEDA
-        jobs += [("static", n) for n in range(low, peak + 2)]
-        jobs += [("keda", round(f * MU)) for f in (0.6, 0.8)]
-        return jobs
-    if kind == "bursty" and not quick:
-        # likewise: a static fleet well under a bursty trace's peak may reach dedicap's
-        # attainment; only every count says which is the cheapest
-        statics = list(range(low, peak + 2))
+    if kind == "bursty-real" or (kind == "bursty" and not quick):
+        # on bursty traffic the comparison that matters is with static fleets well under the
+        # peak: every count from the mean minute's to one over the peak's (a coarser grid
+        # rounds the cheapest static fleet at dedicap's attainment up, by up to a third)
+        statics = list(range(math.ceil(float(nstar.mean())), peak + 2))
     else:
         statics = sorted({max(peak + d, 1) for d in ((-1, 0) if quick else (-2, -1, 0, 1))})
     jobs += [("static", n) for n in statics]
+    if kind == "bursty-real":  # and KEDA, the one autoscaler that comes near
+        jobs += [("keda", round(f * MU)) for f in (0.6, 0.8)]
+        return jobs
     if quick:
         jobs += [("hpa", 0.9), ("keda", round(0.8 * MU)), ("kpa", 30)]
         return jobs
