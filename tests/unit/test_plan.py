@@ -153,3 +153,33 @@ def test_a_history_starts_on_the_fleet_the_policy_settles_on_not_its_first_belie
     three = plan._run(trace, args, replica, 3, 1.0, progress=False)
     assert three.minute_held[0] == 3
     assert three.met == three.scored
+
+
+def test_the_production_like_traces_are_also_swept_with_the_level_oracles() -> None:
+    mod = _autoscaler_bench()
+    nstar = np.array([3, 4, 4, 5, 30, 6, 4, 27, 3, 4] * 10)
+    fams = [fam for fam, _ in mod.sweeps(nstar, quick=False, kind="bursty-real")]
+    assert {"level", "level-causal", "level-learned"} <= set(fams)
+    assert "level" not in {fam for fam, _ in mod.sweeps(nstar, quick=False, kind="bursty")}
+
+
+def test_holding_table_compares_each_setting_with_the_static_fleet_at_its_attainment() -> None:
+    mod = _autoscaler_bench()
+
+    def run(family: str, param: Any, met: int, gpu_hours: float) -> dict[str, Any]:
+        return {"family": family, "param": param, "scenario": "heavy-1", "kind": "bursty-real",
+                "startup": 60.0, "minutes_met": met, "minutes_scored": 100,
+                "attainment": met / 100, "gpu_hours": gpu_hours, "goal": 0.95}
+
+    rows = [run("static", 10, 95, 10.0), run("static", 12, 98, 12.0),
+            run("static", 14, 100, 14.0),
+            # 0.9 of static at 95%, but 98% costs 11.5 against 12: the lower ratio wins
+            run("level", 1.5, 95, 9.0), run("level", 2.0, 98, 11.5),
+            # under the goal: not counted, however cheap
+            run("level-causal", 1.2, 90, 5.0), run("level-causal", 1.6, 96, 12.6),
+            run("level-learned", 0.99, 99, 13.0),
+            run("dedicap", None, 97, 13.2), run("dedicap", 0.8, 99, 1.0)]
+    meta = {"heavy-1": {"name": "heavy #1", "peak_to_mean": 4.0}}
+    text = "\n".join(mod.holding_table(rows, meta))
+    assert "| heavy #1 | 0.90 (95.0%) | 1.05 (96.0%) | 0.93 (99.0%) | 1.10 (97.0%) |" in text
+    assert "| under 1 on | 1 of 1 | 0 of 1 | 1 of 1 | 0 of 1 |" in text

@@ -10,6 +10,16 @@ queues; it is never below ``min_replicas``.
 - oracle with start-up: the same schedule, but every replica is requested one start-up delay
   before the minute that needs it and billed from the request (replayed through the simulator
   by ``ScheduleScaler`` with ``lead = startup``). Ratios are quoted against this one.
+
+A third, weaker one bounds what *holding* can save on bursty traffic, where a burst ends
+before a replica started for it is ready:
+
+- level oracle: the slow level of ``n*`` (a centred rolling median, so bursts do not move it)
+  known one start-up ahead, times one multiplier for the whole trace (``level_schedule``). It
+  holds headroom for bursts in proportion to the load, as a burst-aware autoscaler at best
+  can, with a level it would have to estimate and a multiplier picked in hindsight. Where the
+  cheapest such schedule at an attainment costs about what the cheapest static fleet does, no
+  holding rule beats the static fleet there.
 """
 
 from __future__ import annotations
@@ -64,3 +74,60 @@ def lower_bound_gpu_hours(per_minute: np.ndarray, last_minute_s: float = 60.0) -
         return 0.0
     full = float(per_minute[:-1].sum()) * 60.0
     return (full + float(per_minute[-1]) * last_minute_s) / 3600.0
+
+
+
+def slow_level(per_minute: np.ndarray, window_min: int = 31, lag_min: int | None = None
+               ) -> np.ndarray:
+    """The rolling median of ``per_minute`` over ``window_min`` minutes: the level under the
+    bursts, since bursts take a minority of the minutes. Centred (knows the future) when
+    ``lag_min`` is None; else trailing, ending ``lag_min`` minutes before each minute (what a
+    scaler knows when it must ask for that minute's replicas), from the first minute on."""
+    n = np.asarray(per_minute, dtype=float)
+    if lag_min is None:
+        half = max(window_min, 1) // 2
+        return np.array([float(np.median(n[max(i - half, 0):i + half + 1]))
+                         for i in range(len(n))])
+    ends = [max(i - lag_min, 0) for i in range(len(n))]
+    return np.array([float(np.median(n[max(e - window_min + 1, 0):e + 1])) for e in ends])
+
+
+def level_multipliers(per_minute: np.ndarray, coverages: tuple[float, ...],
+                      window_min: int = 31, lag_min: int | None = None) -> list[float]:
+    """Multipliers of the slow level whose schedule covers at least each of ``coverages`` of
+    the minutes (replayed in isolation): quantiles of ``n*`` over its slow level, rounded up to
+    0.01 so a sweep's parameters are short and repeatable."""
+    n = np.asarray(per_minute, dtype=float)
+    if len(n) == 0:
+        return []
+    ratio = n / np.maximum(slow_level(n, window_min, lag_min), 1.0)
+    out = {math.ceil(float(np.quantile(ratio, min(max(c, 0.0), 1.0), method="higher")) * 100.0
+                     - 1e-9) / 100.0 for c in coverages}
+    return sorted(out)
+
+
+def level_schedule(per_minute: np.ndarray, multiplier: float, window_min: int = 31,
+                   lag_min: int | None = None) -> np.ndarray:
+    """Replicas per minute: ``multiplier`` times the slow level, rounded up, never below one."""
+    level = slow_level(per_minute, window_min, lag_min)
+    return np.maximum(np.ceil(multiplier * level - 1e-9), 1).astype(int)
+
+
+def learned_level_schedule(per_minute: np.ndarray, quantile: float, window_min: int = 31,
+                           lag_min: int = 2, warm_min: int = 30) -> np.ndarray:
+    """A trailing slow level times a multiplier learned as it goes: the ``quantile`` of the
+    ratio of need to level over the minutes known so far (those ending ``lag_min`` before).
+    Until ``warm_min`` minutes are known it holds the highest need seen. Nothing here looks
+    ahead: it is how well holding does when the tail of the bursts must be learned."""
+    n = np.asarray(per_minute, dtype=float)
+    level = slow_level(n, window_min, lag_min)
+    ratio = n / np.maximum(level, 1.0)
+    out = np.ones(len(n), dtype=int)
+    for m in range(len(n)):
+        known = max(m - lag_min + 1, 1)
+        if known < warm_min:
+            out[m] = max(int(n[:known].max()), 1)
+            continue
+        mult = float(np.quantile(ratio[:known], quantile, method="higher"))
+        out[m] = max(math.ceil(mult * level[m] - 1e-9), 1)
+    return out
