@@ -183,3 +183,15 @@ def test_holding_table_compares_each_setting_with_the_static_fleet_at_its_attain
     text = "\n".join(mod.holding_table(rows, meta))
     assert "| heavy #1 | 0.90 (95.0%) | 1.05 (96.0%) | 0.93 (99.0%) | 1.10 (97.0%) |" in text
     assert "| under 1 on | 1 of 1 | 0 of 1 | 1 of 1 | 0 of 1 |" in text
+
+
+def test_the_planned_static_fleet_comes_from_other_hours_of_the_same_traffic() -> None:
+    mod = _autoscaler_bench()
+    assert mod.history_key("heavy-7") == "heavy-107"
+    assert mod.history_key("stretch-0") == "stretch-3000"  # round the trace's hour
+    assert mod.history_key("stretch-1800") == "stretch-1200"
+    for key in (*mod.REAL_DESIGN, *mod.REAL_CHECK):
+        assert mod.history_key(key) != key
+    # and it is among the static fleets swept, however far under the mean minute's it is
+    nstar = np.array([3, 4, 4, 5, 30, 6, 4, 27, 3, 4])
+    assert ("static", 2) in mod.sweeps(nstar, quick=False, kind="bursty-real", planned=2)
