@@ -20,6 +20,10 @@ before a replica started for it is ready:
   can, with a level it would have to estimate and a multiplier picked in hindsight. Where the
   cheapest such schedule at an attainment costs about what the cheapest static fleet does, no
   holding rule beats the static fleet there.
+
+Two steps down from it, towards what a scaler knows: the same with a trailing level (ending
+where a scaler must ask for a minute's replicas), and with the multiplier learned as well
+(``learned_level_schedule``). The benchmark sets the three side by side.
 """
 
 from __future__ import annotations
@@ -74,7 +78,6 @@ def lower_bound_gpu_hours(per_minute: np.ndarray, last_minute_s: float = 60.0) -
         return 0.0
     full = float(per_minute[:-1].sum()) * 60.0
     return (full + float(per_minute[-1]) * last_minute_s) / 3600.0
-
 
 
 def slow_level(per_minute: np.ndarray, window_min: int = 31, lag_min: int | None = None
