@@ -72,6 +72,13 @@ REAL_MEAN_RPS = 2700.0
 # What a platform team would reserve instead of autoscaling: the static fleet that served this
 # share of the minutes of six earlier hours (each in isolation, as n*), run on the trace
 PLANNED_COVERAGE = 0.97
+# the level oracle's sweep: schedules that cover these shares of the minutes in isolation
+# (every half point near the goal: a coarser grid rounds the cheapest one at an attainment up)
+LEVEL_COVERAGES = (0.85, 0.88, *(round(0.9 + 0.005 * i, 3) for i in range(21)))
+# a minute's need is known at its end, and replicas for a minute are asked for one start-up
+# (here one minute) before it: the trailing level ends two minutes back
+LEVEL_LAG_MIN = 2
+LEARNED_QUANTILES = (0.95, 0.97, 0.98, 0.99, 0.995)
 REAL_DESIGN = ("heavy-1", "heavy-2", "stretch-0")
 REAL_CHECK = ("heavy-3", "heavy-4", "heavy-5", "heavy-6", "stretch-1200", "stretch-2400",
               # added after a burst variant met the goal on the nine above and not beyond them
@@ -149,6 +156,13 @@ def history_key(key: str) -> str:
     if kind == "stretch":
         return f"stretch-{(int(arg) - 600) % 3600}"
     raise ValueError(key)
+
+
+def need_per_minute(tr: Trace) -> np.ndarray:
+    """n* of every minute of ``tr``, on the very per-tick counts the simulations replay."""
+    counts = tr.tick_counts(1.0, np.random.default_rng(0 + 1000))
+    return minute_minimum(counts, 1.0, SERVICE, SLO_PERCENTILE, SLO_TARGET_MS, SLO_ERROR_MAX,
+                          min_replicas=1, mean_work=tr.mean_work)
 
 
 def policy_config(startup: float, **over: Any) -> PolicyConfig:
@@ -258,14 +272,6 @@ def sweeps(nstar: np.ndarray, quick: bool, headline: bool = True,
     jobs += [("kpa", c) for c in (5, 10, 20, 30, 45)]
     return jobs
 
-
-# the level oracle's sweep: schedules that cover these shares of the minutes in isolation
-# (every half point near the goal: a coarser grid rounds the cheapest one at an attainment up)
-LEVEL_COVERAGES = (0.85, 0.88, *(round(0.9 + 0.005 * i, 3) for i in range(21)))
-# a minute's need is known at its end, and replicas for a minute are asked for one start-up
-# (here one minute) before it: the trailing level ends two minutes back
-LEVEL_LAG_MIN = 2
-LEARNED_QUANTILES = (0.95, 0.97, 0.98, 0.99, 0.995)
 
 FAMILY_LABEL = {
     "dedicap": "dedicap (defaults)", "oracle": "oracle with start-up", "lower": "lower bound",
@@ -667,9 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {}
     for sc in scs:
         tr = build_trace(sc.key, opts, sc.minutes)
-        counts = tr.tick_counts(1.0, np.random.default_rng(0 + 1000))  # the sims' own counts
-        nstar = minute_minimum(counts, 1.0, SERVICE, SLO_PERCENTILE, SLO_TARGET_MS,
-                               SLO_ERROR_MAX, min_replicas=1, mean_work=tr.mean_work)
+        nstar = need_per_minute(tr)
         mr = tr.minute_rates()
         meta[sc.key] = {"name": tr.name, "kind": sc.kind, "engine": sc.engine,
                         "peak": int(nstar.max()), "peak_to_mean": peak_to_mean(tr),
@@ -678,10 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         planned = None
         if sc.kind == "bursty-real":
             before = build_trace(history_key(sc.key), opts, sc.minutes)
-            seen = minute_minimum(before.tick_counts(1.0, np.random.default_rng(0 + 1000)), 1.0,
-                                  SERVICE, SLO_PERCENTILE, SLO_TARGET_MS, SLO_ERROR_MAX,
-                                  min_replicas=1, mean_work=before.mean_work)
-            planned = int(np.quantile(seen, PLANNED_COVERAGE, method="higher"))
+            planned = int(np.quantile(need_per_minute(before), PLANNED_COVERAGE,
+                                      method="higher"))
             meta[sc.key].update(planned=planned, history=before.name)
         for su in startups:
             if sc.kind == "bursty-real" and su != 60.0:
@@ -702,9 +704,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in OTHER_NOISE_SEEDS:
                 rsc = Scenario(f"{sc.key}/{seed}", "noise", "fluid", sc.goal)
                 tr = build_trace(rsc.key, opts, None)
-                counts = tr.tick_counts(1.0, np.random.default_rng(0 + 1000))
-                nstar = minute_minimum(counts, 1.0, SERVICE, SLO_PERCENTILE, SLO_TARGET_MS,
-                                       SLO_ERROR_MAX, min_replicas=1, mean_work=tr.mean_work)
+                nstar = need_per_minute(tr)
                 meta[rsc.key] = {"name": tr.name, "kind": "noise", "base": sc.key,
                                  "seed": seed, "peak": int(nstar.max()),
                                  "hours": tr.duration / 3600.0}
